@@ -1,0 +1,103 @@
+"""One place that knows every pretrained asset humanfix uses: its name, its file and where it goes.
+
+Nothing here touches the network. A missing file is a :class:`UserError` that names the file,
+the folder it belongs in and where to get it. ``humanfix doctor`` prints the same table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from humanfix.errors import UserError
+
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def torch_hub_checkpoints() -> Path:
+    """torchvision's cache: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def facenet_checkpoints() -> Path:
+    """facenet-pytorch's cache: ``$TORCH_HOME/checkpoints`` (it does not use torch.hub's folder)."""
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(home).expanduser() / "checkpoints"
+
+
+def cleanfid_folder() -> Path:
+    """Where clean-fid itself looks for its Inception file (``/tmp`` on Linux and macOS)."""
+    return Path("/tmp")
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A pretrained file: ``key`` names it in errors and in ``doctor``; ``folder()`` is where it belongs."""
+
+    key: str
+    description: str
+    filename: str
+    url: str
+    folder_fn: object  # () -> Path
+
+    def folder(self) -> Path:
+        return self.folder_fn()  # type: ignore[operator]
+
+    def path(self) -> Path:
+        return self.folder() / self.filename
+
+    def require(self, explicit: str | Path | None = None) -> Path:
+        """The asset's file (``explicit`` if given), or a clear error saying where to put it."""
+        path = Path(explicit).expanduser() if explicit else self.path()
+        if path.is_file():
+            return path
+        raise UserError(
+            f"missing {self.description}: {path} not found. Download {self.url} and place it at {self.path()}"
+            + (" (or pass its path explicitly)" if explicit is None else "")
+        )
+
+
+VGG16 = Asset(
+    key="vgg16",
+    description="VGG16 ImageNet weights for LPIPS",
+    filename="vgg16-397923af.pth",
+    url="https://download.pytorch.org/models/vgg16-397923af.pth",
+    folder_fn=torch_hub_checkpoints,
+)
+FACENET_VGGFACE2 = Asset(
+    key="facenet-vggface2",
+    description="InceptionResnetV1 VGGFace2 weights for the face loss",
+    filename="20180402-114759-vggface2.pt",
+    url="https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
+    folder_fn=facenet_checkpoints,
+)
+INCEPTION_FID = Asset(
+    key="inception-fid",
+    description="clean-fid's Inception weights for FID/KID",
+    filename="inception-2015-12-05.pt",
+    url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+    folder_fn=cleanfid_folder,
+)
+FILE_ASSETS = (VGG16, FACENET_VGGFACE2, INCEPTION_FID)
+
+
+def lpips_heads_path() -> Path:
+    """The LPIPS linear heads ship inside the ``lpips`` package (no download)."""
+    import lpips
+
+    return Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+
+
+def sd15_location(model: str = SD15_HUB_ID) -> tuple[bool, str]:
+    """Whether ``model`` (hub id or folder) is present locally, and the folder where it is or belongs."""
+    if Path(model).expanduser().exists():
+        path = Path(model).expanduser()
+        return (path / "model_index.json").is_file() or path.is_file(), str(path)
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    found = try_to_load_from_cache(model, "model_index.json")
+    cache = Path(constants.HF_HUB_CACHE) / f"models--{model.replace('/', '--')}"
+    return isinstance(found, str), str(cache)
