@@ -77,4 +77,8 @@ def to_toml_dict(config: Any) -> dict[str, Any]:
             return to_toml_dict(v)
         return v
 
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config) if getattr(config, f.name) is not None}
+    return {
+        f.name: plain(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) is not None
+    }

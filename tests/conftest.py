@@ -58,3 +58,11 @@ def humanfix_cli():
         return code, out.getvalue(), err.getvalue()
 
     return run
+
+
+@pytest.fixture
+def tiny_components(tiny_model):
+    """Fresh SD components of the tiny model (fresh per test: tests may change requires_grad)."""
+    from humanfix.models.pipeline import load_components
+
+    return load_components(str(tiny_model))

@@ -127,7 +127,9 @@ def check_branch_fits(branch_config: Any, unet_config: Any, where: Any) -> None:
     for key in ("block_out_channels", "cross_attention_dim", "in_channels", "layers_per_block"):
         a, b = branch_config.get(key), unet_config.get(key)
         if (list(a) if isinstance(a, (list, tuple)) else a) != (list(b) if isinstance(b, (list, tuple)) else b):
-            raise UserError(f"the branch {where} does not fit this base model: {key} is {a} in the branch, {b} in the base")
+            raise UserError(
+                f"the branch {where} does not fit this base model: {key} is {a} in the branch, {b} in the base"
+            )
 
 
 def read_branch_meta(folder: str | Path) -> dict[str, Any]:

@@ -1,0 +1,78 @@
+"""Decode x̂0 through the frozen VAE **with gradients**: VAE weights stay frozen, the decoder stays in the graph.
+
+(The method's public code decoded under ``torch.no_grad()``, so its perceptual terms trained nothing.)
+
+Two ways, by ``region``:
+
+- ``full``: decode the whole latent.
+- ``boxes``: decode only the latent window covering the sample's person and face boxes plus
+  ``margin`` latent pixels on each side (the decoder's receptive field), and place it on a blank
+  full-size canvas. Only pixels inside the boxes are ever read by the losses, so the canvas outside
+  the window never matters. The decoder's group norms and mid-block attention see the window
+  rather than the whole image, so the result differs slightly from a full decode: the error is
+  measured in ``benchmarks/step_cost.py --measure-region-error`` and recorded in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+DECODE_REGIONS = ("full", "boxes")
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents N×4×h×w (scaled, as the UNet sees them) -> images N×3×8h×8w in about [-1, 1], float32."""
+    dtype = next(vae.parameters()).dtype
+    scaled = latents.to(dtype) / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        scaled = scaled + shift
+    return vae.decode(scaled).sample.float()
+
+
+def latent_window(
+    boxes: Sequence[Sequence[float]], factor: int, latent_hw: tuple[int, int], margin: int
+) -> tuple[int, int, int, int]:
+    """The latent window ``(x0, y0, x1, y1)`` covering pixel ``boxes`` plus ``margin`` latent pixels, clipped."""
+    h, w = latent_hw
+    x0 = min(b[0] for b in boxes) / factor
+    y0 = min(b[1] for b in boxes) / factor
+    x1 = max(b[2] for b in boxes) / factor
+    y1 = max(b[3] for b in boxes) / factor
+    return (
+        max(0, math.floor(x0) - margin),
+        max(0, math.floor(y0) - margin),
+        min(w, math.ceil(x1) + margin),
+        min(h, math.ceil(y1) + margin),
+    )
+
+
+def decode_for_loss(
+    vae, latents: torch.Tensor, boxes: Sequence[torch.Tensor], region: str = "boxes", margin: int = 8
+) -> torch.Tensor:
+    """Decode N latents for the perceptual losses: N×3×H×W float32, exact where ``region='full'``.
+
+    With ``region='boxes'`` each sample's window (see module doc) is decoded on its own and padded
+    back to full size with zeros; ``boxes`` holds each sample's person and face boxes (K_i×4, pixels).
+    """
+    if region == "full":
+        return vae_decode(vae, latents)
+    if region != "boxes":
+        raise ValueError(f"region must be one of {DECODE_REGIONS}, got {region!r}")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = latents.shape[-2:]
+    out = []
+    for latent, sample_boxes in zip(latents, boxes, strict=True):
+        box_list = sample_boxes.tolist() if torch.is_tensor(sample_boxes) else list(sample_boxes)
+        if not box_list:
+            out.append(latent.new_zeros((3, h * factor, w * factor), dtype=torch.float32))
+            continue
+        x0, y0, x1, y1 = latent_window(box_list, factor, (h, w), margin)
+        image = vae_decode(vae, latent[None, :, y0:y1, x0:x1])[0]
+        pad = (x0 * factor, (w - x1) * factor, y0 * factor, (h - y1) * factor)
+        out.append(F.pad(image, pad))
+    return torch.stack(out)

@@ -1,0 +1,97 @@
+"""The face-embedding feature loss: Σ_l α_l ‖FE_l(ĉ) − FE_l(c)‖ on face crops.
+
+FE is InceptionResnetV1 trained on VGGFace2 (facenet-pytorch). Each face box is squared around its
+centre, cropped from the decoded and the real image, resized to 160² and passed through the
+network; at each chosen layer l the distance is the L2 norm of the feature difference divided by
+√D_l (D_l = that layer's feature size), so layers of different sizes weigh alike before α_l.
+A sample's value is the mean over its faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from humanfix.losses.crops import Boxes, crop_boxes, per_sample_mean
+from humanfix.models import weights
+
+FACE_CROP = 160
+# Layers from the stem to the identity embedding ("embedding" is the L2-normalised 512-d output).
+DEFAULT_FACE_LAYERS = ("conv2d_4b", "repeat_1", "mixed_6a", "repeat_2", "embedding")
+DEFAULT_FACE_LAYER_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+class FaceFeatureLoss(nn.Module):
+    """Multi-layer InceptionResnetV1 feature distance over face crops. Frozen; gradients flow to the input."""
+
+    def __init__(
+        self,
+        pretrained: bool = True,
+        layers: Sequence[str] = DEFAULT_FACE_LAYERS,
+        layer_weights: Sequence[float] = DEFAULT_FACE_LAYER_WEIGHTS,
+        facenet_weights: str | Path | None = None,
+    ) -> None:
+        """``pretrained=False`` keeps random weights (tests, the tiny model), only on explicit request."""
+        from facenet_pytorch import InceptionResnetV1
+
+        super().__init__()
+        if len(layers) != len(layer_weights):
+            raise ValueError(f"{len(layers)} face layers but {len(layer_weights)} weights")
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        known = {name for name, _ in self.net.named_children()} | {"embedding"}
+        unknown = [name for name in layers if name not in known]
+        if unknown:
+            raise ValueError(f"unknown InceptionResnetV1 layer(s) {unknown}; choose from {sorted(known)}")
+        if pretrained:
+            path = weights.FACENET_VGGFACE2.require(facenet_weights)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
+        self.layers = tuple(layers)
+        self.register_buffer("layer_weights", torch.tensor(layer_weights, dtype=torch.float32), persistent=False)
+        self.pretrained = pretrained
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FaceFeatureLoss:
+        return super().train(False)  # batch norm statistics must stay fixed
+
+    def features(self, faces: torch.Tensor) -> list[torch.Tensor]:
+        """Features at ``self.layers`` for faces M×3×160×160 in [-1, 1]."""
+        captured: dict[str, torch.Tensor] = {}
+        hooks = [
+            getattr(self.net, name).register_forward_hook(
+                lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+            )
+            for name in self.layers
+            if name != "embedding"
+        ]
+        try:
+            # facenet's fixed_image_standardization maps [0, 255] to (p − 127.5)/128; ours are (p − 127.5)/127.5.
+            captured["embedding"] = self.net(faces * (127.5 / 128.0))
+        finally:
+            for h in hooks:
+                h.remove()
+        return [captured[name] for name in self.layers]
+
+    def forward(self, decoded: torch.Tensor, target: torch.Tensor, boxes: Boxes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample face loss for decoded/real images N×3×H×W in [-1, 1] and N tensors of K_i×4 face boxes.
+
+        Returns ``(loss, has)``: loss N (0 where a sample has no usable face) and has N bool.
+        """
+        n = decoded.shape[0]
+        (dec, tgt), owners, _ = crop_boxes(decoded.float(), boxes, FACE_CROP, square=True, extra=(target.float(),))
+        has = torch.zeros(n, dtype=torch.bool, device=decoded.device)
+        if owners.numel() == 0:
+            return decoded.new_zeros(n, dtype=torch.float32), has
+        has[owners] = True
+        dtype = next(self.net.parameters()).dtype
+        m = dec.shape[0]
+        feats = self.features(torch.cat([dec, tgt]).to(dtype))
+        per_face = dec.new_zeros(m)
+        for alpha, f in zip(self.layer_weights, feats, strict=True):
+            diff = (f[:m] - f[m:]).float().flatten(1)
+            per_face = per_face + alpha * torch.linalg.vector_norm(diff, dim=1) / diff.shape[1] ** 0.5
+        return per_sample_mean(per_face, owners, n), has
