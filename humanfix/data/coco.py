@@ -1,0 +1,176 @@
+"""COCO reading and the person filter: which images people fill, from the annotation file alone.
+
+Reads ``person_keypoints_{split}2017.json`` (person segmentations, boxes, keypoints) and
+``captions_{split}2017.json``. Masks are decoded with pycocotools; coverage is the fraction of the
+original image inside the union of the non-crowd person masks.
+
+Speed: the filter applies the cheap tests first (crowd, person count, person size, and an upper
+bound on coverage from the sum of the persons' bounding-box areas, which no union of masks inside
+them can exceed), and runs pycocotools' RLE union only for the images that survive them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from humanfix.errors import UserError
+
+PERSON_CATEGORY = 1
+
+# Reasons an image is dropped by the annotation filter, in the order they are tested.
+NO_PERSON = "no_person"  # no person annotation at all
+CROWD = "crowd"  # has a crowd annotation and crowds are skipped
+SMALL_PERSONS = "small_persons"  # every non-crowd person is below --min-person-area
+TOO_MANY_PERSONS = "too_many_persons"  # more than --max-persons persons above --min-person-area
+LOW_COVERAGE = "low_coverage"  # union of person masks below --min-coverage
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The annotation filter's thresholds (documented with their defaults in ``PrepareConfig``)."""
+
+    min_coverage: float
+    min_person_area: float  # fraction of the image area
+    max_persons: int
+    skip_crowd: bool
+
+
+@dataclass
+class Candidate:
+    """An image that passed the annotation filter."""
+
+    image: dict[str, Any]  # the COCO image entry: id, file_name, width, height
+    persons: list[dict[str, Any]]  # non-crowd persons above --min-person-area, by annotation id
+    segmentations: list[Any]  # every non-crowd person's segmentation (the mask and coverage use all)
+    coverage: float
+
+
+@dataclass
+class Selection:
+    candidates: list[Candidate]  # sorted by image id
+    seen: int  # images in the annotation file
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+
+
+def load_json(path: str | Path, what: str) -> dict[str, Any]:
+    """A COCO JSON file as a dict; a missing or malformed file is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{what} {path} is not a COCO annotation file (no 'images' list)")
+    if not isinstance(data.get("annotations"), list):
+        raise UserError(f"{what} {path} is not a COCO annotation file (no 'annotations' list)")
+    return data
+
+
+def load_captions(path: str | Path) -> dict[int, list[str]]:
+    """``image_id -> captions`` (stripped, in annotation-id order) from a COCO captions file."""
+    data = load_json(path, "captions file")
+    by_image: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for a in data["annotations"]:
+        text = str(a.get("caption", "")).strip()
+        if text:
+            by_image[a["image_id"]].append((a.get("id", 0), text))
+    return {k: [t for _, t in sorted(v)] for k, v in by_image.items()}
+
+
+def to_rles(segmentations: list[Any], height: int, width: int) -> list[dict[str, Any]]:
+    """COCO segmentations (polygon lists, uncompressed or compressed RLE) -> compressed RLEs."""
+    polygons: list[list[float]] = []
+    rles: list[dict[str, Any]] = []
+    for seg in segmentations:
+        if isinstance(seg, list):
+            polygons.extend(p for p in seg if len(p) >= 6)
+        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+            rles.append(mask_utils.frPyObjects(seg, height, width))
+        elif isinstance(seg, dict):
+            counts = seg["counts"]
+            rles.append({"size": seg["size"], "counts": counts.encode() if isinstance(counts, str) else counts})
+    if polygons:
+        rles.extend(mask_utils.frPyObjects(polygons, height, width))
+    return rles
+
+
+def union_rle(segmentations: list[Any], height: int, width: int) -> dict[str, Any] | None:
+    """The union of the segmentations as one compressed RLE (``None`` when there are none)."""
+    rles = to_rles(segmentations, height, width)
+    if not rles:
+        return None
+    return rles[0] if len(rles) == 1 else mask_utils.merge(rles, intersect=False)
+
+
+def coverage(segmentations: list[Any], height: int, width: int) -> float:
+    """Fraction of the ``height × width`` image inside the union of the segmentations, in [0, 1]."""
+    rle = union_rle(segmentations, height, width)
+    return 0.0 if rle is None else float(mask_utils.area(rle)) / (height * width)
+
+
+def union_mask(segmentations: list[Any], height: int, width: int) -> np.ndarray:
+    """The union of the segmentations as a boolean ``height × width`` array."""
+    rle = union_rle(segmentations, height, width)
+    if rle is None:
+        return np.zeros((height, width), dtype=bool)
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _area(a: dict[str, Any]) -> float:
+    """An annotation's mask area (COCO's ``area``), or its box area when ``area`` is absent."""
+    if "area" in a:
+        return float(a["area"])
+    return float(a["bbox"][2] * a["bbox"][3])
+
+
+def select(data: dict[str, Any], filters: Filters) -> Selection:
+    """Apply the annotation filter to a loaded person_keypoints file; every image is kept or counted once."""
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for a in data["annotations"]:
+        if a.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY:
+            by_image[a["image_id"]].append(a)
+    sel = Selection(candidates=[], seen=len(data["images"]))
+    for im in sorted(data["images"], key=lambda im: im["id"]):
+        anns = by_image.get(im["id"])
+        if not anns:
+            sel.dropped[NO_PERSON] += 1
+            continue
+        crowd = [a for a in anns if a.get("iscrowd", 0)]
+        if crowd and filters.skip_crowd:
+            sel.dropped[CROWD] += 1
+            continue
+        people = [a for a in anns if not a.get("iscrowd", 0)]
+        if not people:
+            sel.dropped[NO_PERSON] += 1
+            continue
+        w, h = im["width"], im["height"]
+        min_area = filters.min_person_area * w * h
+        counted = [a for a in people if _area(a) >= min_area]
+        if not counted:
+            sel.dropped[SMALL_PERSONS] += 1
+            continue
+        if len(counted) > filters.max_persons:
+            sel.dropped[TOO_MANY_PERSONS] += 1
+            continue
+        # Every mask lies inside its box, so the union covers at most the sum of the box areas.
+        if sum(a["bbox"][2] * a["bbox"][3] for a in people) < filters.min_coverage * w * h:
+            sel.dropped[LOW_COVERAGE] += 1
+            continue
+        segs = [a["segmentation"] for a in people]
+        cov = coverage(segs, h, w)
+        if cov < filters.min_coverage:
+            sel.dropped[LOW_COVERAGE] += 1
+            continue
+        counted.sort(key=lambda a: a.get("id", 0))
+        sel.candidates.append(Candidate(image=im, persons=counted, segmentations=segs, coverage=cov))
+    return sel
