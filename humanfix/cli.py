@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -71,6 +71,213 @@ def doctor(
 
 
 # -- commands added by later issues go below this line (keep each one thin) --
+
+
+@app.command("prepare-data")
+def prepare_data(
+    coco_root: Annotated[Path | None, typer.Option(help="COCO 2017 folder: annotations/ and {split}2017/.")] = None,
+    keypoints: Annotated[Path | None, typer.Option(help="person_keypoints_{split}2017.json (one split).")] = None,
+    captions: Annotated[Path | None, typer.Option(help="captions_{split}2017.json (one split).")] = None,
+    images: Annotated[Path | None, typer.Option(help="The split's image folder.")] = None,
+    split: Annotated[str | None, typer.Option(help="train (default), val or all.")] = None,
+    min_coverage: Annotated[float | None, typer.Option(help="Least person-mask coverage (default 0.2).")] = None,
+    min_person_area: Annotated[
+        float | None, typer.Option(help="Least mask area, as image fraction, for a person to count (default 0.01).")
+    ] = None,
+    max_persons: Annotated[int | None, typer.Option(help="Most counted persons per image (default 5).")] = None,
+    skip_crowd: Annotated[bool | None, typer.Option(help="Drop images with crowd annotations (default yes).")] = None,
+    min_face_size: Annotated[int | None, typer.Option(help="Least face box side in output px (default 32).")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Output side: short side resize + centre crop (512).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPU count, at most 8).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Process at most N kept images (first by id).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default humanfix-data).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo the split instead of resuming.")] = False,
+    default_caption: Annotated[str | None, typer.Option(help="Caption for images without one.")] = None,
+    save_crops: Annotated[bool | None, typer.Option(help="Write face and person crops (default yes).")] = None,
+    face_detector: Annotated[str | None, typer.Option(help="mtcnn (default) or none (keypoints only).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
+) -> None:
+    """Turn MS COCO into the human-centric training set: images, person masks, boxes, faces, captions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from humanfix.config import build_config
+    from humanfix.data.prepare import PrepareConfig, prepare, summary_rows
+
+    cfg = build_config(
+        PrepareConfig, config, coco_root=coco_root, keypoints=keypoints, captions=captions, images=images,
+        split=split, min_coverage=min_coverage, min_person_area=min_person_area, max_persons=max_persons,
+        skip_crowd=skip_crowd, min_face_size=min_face_size, resolution=resolution, workers=workers, limit=limit,
+        out=out, overwrite=overwrite or None, default_caption=default_caption, save_crops=save_crops,
+        face_detector=face_detector,
+    )  # fmt: skip
+    summary = prepare(cfg)
+    table = Table(title=f"prepare-data -> {cfg.out}")
+    table.add_column("")
+    for name in summary["splits"]:
+        table.add_column(name, justify="right")
+    for row in summary_rows(summary):
+        table.add_row(*row)
+    Console().print(table)
+
+
+@app.command()
+def generate(
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts to draw (and/or --prompts-file).")] = None,
+    prompts_file: Annotated[
+        str | None,
+        typer.Option(help='One prompt per line, or JSONL {"prompt", "seed", "negative_prompt", "condition_image"}.'),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Base SD 1.5: hub id, folder, single file, or 'tiny'.")] = None,
+    model_config: Annotated[
+        str | None, typer.Option(help="Diffusers folder with the configs, when --model is a single file.")
+    ] = None,
+    controlnet: Annotated[str | None, typer.Option(help="Trained branch folder; omitted: plain SD 1.5.")] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated models for side-by-side grids: 'base' (plain SD) and branch folders "
+            "(optionally LABEL=DIR)."
+        ),
+    ] = None,
+    conditioning_scale: Annotated[float | None, typer.Option(help="Weight of the branch (default 1.0).")] = None,
+    condition_image: Annotated[
+        str | None, typer.Option(help="Pose or mask image, for branches trained with that conditioning.")
+    ] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt for every prompt.")] = None,
+    num_images: Annotated[int | None, typer.Option(help="Images per prompt (default 1).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Image i of prompt p gets seed + p*num_images + i (default 0).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default 50).")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help="Classifier-free guidance (default 7.5).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="ddim (default), unipc, euler or dpm.")] = None,
+    height: Annotated[int | None, typer.Option(help="Height in pixels, multiple of 8 (default 512).")] = None,
+    width: Annotated[int | None, typer.Option(help="Width in pixels, multiple of 8 (default 512).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per pipeline call (default 4).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto (default), float32, float16 or bfloat16.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:1, ...")] = None,
+    output: Annotated[str | None, typer.Option(help="Output folder (default outputs/generate).")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and branch.")] = False,
+    config: Annotated[str | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
+) -> None:
+    """Draw images with SD 1.5, plain or with a trained branch; --compare draws the same seeds through several."""
+    from humanfix.config import build_config
+    from humanfix.generate import GenerateConfig
+    from humanfix.generate import generate as run_generate
+
+    cfg = build_config(
+        GenerateConfig,
+        config,
+        prompts=tuple(prompts) if prompts else None,
+        prompts_file=prompts_file,
+        model=model,
+        model_config=model_config,
+        controlnet=controlnet,
+        compare=tuple(compare.split(",")) if compare is not None else None,
+        conditioning_scale=conditioning_scale,
+        condition_image=condition_image,
+        negative_prompt=negative_prompt,
+        num_images=num_images,
+        seed=seed,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        scheduler=scheduler,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        output=output,
+        compile=compile or None,
+    )
+    result = run_generate(cfg)
+    rank = f"[process {result.process[0]}/{result.process[1]}] " if result.process[1] > 1 else ""
+    msg = f"{rank}{result.written} image(s) written, {result.skipped} already there; index: {result.index}"
+    print(msg + (f"; {len(result.grids)} grid(s) in {result.output / 'grids'}" if result.grids else ""))
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    """'1,1,0.5' -> (1.0, 1.0, 0.5)."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="A prepare-data output folder.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of --data to train on (default train).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base SD 1.5: hub id, folder, single file, or 'tiny'.")] = None,
+    model_config: Annotated[
+        Path | None, typer.Option(help="Diffusers config folder for a single-file --model.")
+    ] = None,
+    controlnet: Annotated[
+        Path | None, typer.Option(help="Start from this branch (default: a copy of the UNet).")
+    ] = None,
+    conditioning: Annotated[str | None, typer.Option(help="none (blank, the paper), pose or mask.")] = None,
+    lambda_lpips: Annotated[float | None, typer.Option(help="λ1, weight of masked LPIPS (default 0).")] = None,
+    lambda_face: Annotated[float | None, typer.Option(help="λ2, weight of the face loss (default 0).")] = None,
+    timestep_threshold: Annotated[int | None, typer.Option(help="T: perceptual terms for t < T (default 100).")] = None,
+    lpips_layer_weights: Annotated[str | None, typer.Option(help="5 comma-separated LPIPS layer weights.")] = None,
+    face_layer_weights: Annotated[str | None, typer.Option(help="Comma-separated face layer weights α_l.")] = None,
+    perceptual_weights: Annotated[
+        str | None, typer.Option(help="pretrained (default) or random (default with --model tiny).")
+    ] = None,
+    decode_region: Annotated[str | None, typer.Option(help="boxes (default) or full: what the VAE decodes.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Learning rate (default 1e-5).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Per-device batch size (default 1).")] = None,
+    gradient_accumulation_steps: Annotated[int | None, typer.Option(help="Micro-batches per update.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Updates to run (overrides --epochs).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs to run (default 1).")] = None,
+    lr_scheduler: Annotated[str | None, typer.Option(help="constant, linear, cosine, … (default constant).")] = None,
+    lr_warmup_steps: Annotated[int | None, typer.Option(help="Warm-up updates.")] = None,
+    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 or bf16.")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(help="Recompute activations to save memory.")] = None,
+    use_8bit_adam: Annotated[bool | None, typer.Option(help="bitsandbytes 8-bit AdamW.")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="Gradient clipping norm (default 1).")] = None,
+    proportion_empty_prompts: Annotated[float | None, typer.Option(help="Fraction of empty captions.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for every random draw (default 0).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output folder (default runs/humanfix).")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N updates (default 500).")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option(help="Keep the K newest checkpoints (0: all).")] = None,
+    resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
+    validate_every: Annotated[int | None, typer.Option(help="Validation images every N updates.")] = None,
+    validation_prompt: Annotated[list[str] | None, typer.Option(help="A validation prompt (repeatable).")] = None,
+    log_with: Annotated[str | None, typer.Option(help="tensorboard, to log there too.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default 0).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
+) -> None:
+    """Train a ControlNet branch on a frozen SD 1.5 under the mask-aware objective."""
+    from humanfix.config import build_config
+    from humanfix.train import TrainConfig
+    from humanfix.train import train as run_train
+
+    objective = {
+        "lambda_lpips": lambda_lpips,
+        "lambda_face": lambda_face,
+        "timestep_threshold": timestep_threshold,
+        "lpips_layer_weights": _floats(lpips_layer_weights),
+        "face_layer_weights": _floats(face_layer_weights),
+        "perceptual_weights": perceptual_weights,
+        "decode_region": decode_region,
+    }
+    cfg = build_config(
+        TrainConfig, config, data=data, split=split, model=model, model_config=model_config, controlnet=controlnet,
+        conditioning=conditioning, objective=objective, learning_rate=learning_rate, batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, max_steps=max_steps, epochs=epochs,
+        lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam, max_grad_norm=max_grad_norm,
+        proportion_empty_prompts=proportion_empty_prompts, seed=seed, output=output,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume,
+        validate_every=validate_every, validation_prompts=tuple(validation_prompt) if validation_prompt else None,
+        log_with=log_with, workers=workers,
+    )  # fmt: skip
+    branch = run_train(cfg)
+    print(f"branch saved to {branch}")
 
 
 def main() -> None:
