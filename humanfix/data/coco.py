@@ -6,7 +6,9 @@ original image inside the union of the non-crowd person masks.
 
 Speed: the filter applies the cheap tests first (crowd, person count, person size, and an upper
 bound on coverage from the sum of the persons' bounding-box areas, which no union of masks inside
-them can exceed), and runs pycocotools' RLE union only for the images that survive them.
+them can exceed), and runs pycocotools' RLE union only for the images that survive them, and only when
+there is a coverage threshold to test (the pipeline measures every kept image's coverage on its decoded
+mask anyway).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Candidate:
     image: dict[str, Any]  # the COCO image entry: id, file_name, width, height
     persons: list[dict[str, Any]]  # non-crowd persons above --min-person-area, by annotation id
     segmentations: list[Any]  # every non-crowd person's segmentation (the mask and coverage use all)
-    coverage: float
+    coverage: float | None  # None when --min-coverage is 0 (nothing to test; prepare measures it on the mask)
 
 
 @dataclass
@@ -167,8 +169,8 @@ def select(data: dict[str, Any], filters: Filters) -> Selection:
             sel.dropped[LOW_COVERAGE] += 1
             continue
         segs = [a["segmentation"] for a in people]
-        cov = coverage(segs, h, w)
-        if cov < filters.min_coverage:
+        cov = coverage(segs, h, w) if filters.min_coverage > 0 else None
+        if cov is not None and cov < filters.min_coverage:
             sel.dropped[LOW_COVERAGE] += 1
             continue
         counted.sort(key=lambda a: a.get("id", 0))

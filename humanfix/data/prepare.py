@@ -178,7 +178,6 @@ class Job:
     image: dict[str, Any]  # COCO image entry
     persons: list[dict[str, Any]]  # counted person annotations
     segmentations: list[Any]  # every non-crowd person's segmentation
-    coverage: float
     text: list[str]
 
 
@@ -238,7 +237,7 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
         if not text:
             dropped[NO_CAPTION] += 1
             continue
-        jobs.append(Job(c.image, c.persons, c.segmentations, round(c.coverage, 6), text))
+        jobs.append(Job(c.image, c.persons, c.segmentations, text))
     not_processed = 0
     if config.limit is not None and len(jobs) > config.limit:
         not_processed, jobs = len(jobs) - config.limit, jobs[: config.limit]
@@ -395,7 +394,9 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
         return Outcome(cid, None, SIZE_MISMATCH)
 
     out_img = t.image(rgb)
-    mask = t.mask(coco.union_mask(job.segmentations, h, w))
+    full_mask = coco.union_mask(job.segmentations, h, w)
+    coverage = round(float(full_mask.mean()), 6)  # the same number coco.coverage gives, from the same RLE
+    mask = t.mask(full_mask)
 
     # Faces, found in the original image, then mapped and filtered in output pixels.
     person_src = [p[0] for p in persons]
@@ -439,7 +440,7 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
     rec = Record(
         file_name=file_name, mask_file_name=mask_name, text=list(job.text),
         person_boxes=[p[1] for p in persons], face_boxes=face_boxes, face_sources=face_sources,
-        keypoints=keypoints, coverage=job.coverage, coco_id=cid, width=s.resolution, height=s.resolution,
+        keypoints=keypoints, coverage=coverage, coco_id=cid, width=s.resolution, height=s.resolution,
         face_crop_files=face_files, person_crop_files=person_files,
     )  # fmt: skip
     write_atomic(s.split_dir / STATE_DIR / f"{cid}.json", (rec.to_json() + "\n").encode())  # last: "done"

@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from humanfix.data import prepare as prep
+from humanfix.data.prepare import PrepareConfig, prepare
+from humanfix.data.records import read_records
+from humanfix.errors import UserError
+
+SPECS = [
+    (120, 100, [(20, 10, 80, 95)]),
+    (100, 140, [(10, 20, 60, 130), (55, 30, 95, 120)]),
+    (90, 90, [(5, 5, 85, 85)]),
+    (160, 100, [(60, 5, 110, 95)]),
+    (100, 100, [(30, 10, 70, 90)]),
+    (100, 100, [(20, 20, 80, 80)]),
+    (100, 120, [(20, 10, 90, 110)]),
+    (110, 100, [(10, 10, 90, 95)]),
+]
+
+
+def config(kp, cp, images, out, **kw) -> PrepareConfig:
+    d = dict(keypoints=kp, captions=cp, images=images, split="val", out=out, min_coverage=0.1, resolution=64,
+             min_face_size=4, workers=1, face_detector="none")  # fmt: skip
+    d.update(kw)
+    return PrepareConfig(**d)
+
+
+def test_outputs_follow_the_contract(make_coco, tmp_path):
+    kp, cp, images = make_coco(SPECS[:3])
+    summary = prepare(config(kp, cp, images, tmp_path / "out"))
+    split = tmp_path / "out" / "val"
+    recs = read_records(split)
+    assert [r.coco_id for r in recs] == [1, 2, 3]
+    assert summary["splits"]["val"]["kept"] == 3 and summary["splits"]["val"]["seen"] == 3
+    for r in recs:
+        img, mask = Image.open(split / r.file_name), Image.open(split / r.mask_file_name)
+        assert img.mode == "RGB" and img.size == (64, 64) == mask.size and (r.width, r.height) == (64, 64)
+        m = np.asarray(mask)
+        assert set(np.unique(m)) <= {0, 255}
+        red = np.asarray(img)[..., 0] > 170
+        assert ((m > 0) & red).sum() / ((m > 0) | red).sum() > 0.9  # the mask is where the people are
+        assert r.text[0].startswith("first caption") and len(r.text) == 2
+        assert len(r.keypoints) == len(r.person_boxes) == len(r.person_crop_files)
+        assert r.face_sources == ["keypoints"] * len(r.face_boxes) and len(r.face_crop_files) == len(r.face_boxes)
+        for f in r.face_crop_files:
+            assert Image.open(split / f).size == (160, 160)
+        for f, b in zip(r.person_crop_files, r.person_boxes, strict=True):
+            assert Image.open(split / f).size == (b[2] - b[0], b[3] - b[1])
+    # image 1: 120×100 -> 77×64, crop from x=6; person 20..80 × 10..95 -> x 12.8-6, y 6.4..60.8
+    assert recs[0].person_boxes == [[6, 6, 46, 61]]
+    assert recs[0].coverage == pytest.approx(60 * 85 / 12000, abs=1e-6)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]["val"]["faces"]["keypoints"] >= 3
+
+
+def test_bad_images_are_converted_or_skipped_and_counted(make_coco, tmp_path):
+    kp, cp, images = make_coco(SPECS)
+    src = {i: images / f"{i:06d}.jpg" for i in range(1, 9)}
+    raw = src[1].read_bytes()
+    src[1].write_bytes(raw[: len(raw) // 3])  # truncated
+    Image.open(src[2]).convert("CMYK").save(src[2])  # CMYK JPEG
+    Image.open(src[3]).convert("L").save(src[3], format="JPEG")  # grayscale
+    Image.open(src[4]).convert("P").save(src[4], format="PNG")  # palette PNG under a .jpg name
+    src[5].unlink()  # missing
+    src[6].write_text("not an image")  # garbage
+    Image.open(src[7]).resize((50, 60)).save(src[7])  # size differs from the annotation
+    summary = prepare(config(kp, cp, images, tmp_path / "out"))["splits"]["val"]
+    assert summary["dropped"] == {"missing_image": 1, "unreadable_image": 2, "size_mismatch": 1}
+    recs = read_records(tmp_path / "out" / "val")
+    assert [r.coco_id for r in recs] == [2, 3, 4, 8]
+    for r in recs:
+        assert Image.open(tmp_path / "out" / "val" / r.file_name).mode == "RGB"
+
+
+def test_resume_after_a_crash_ends_with_the_same_bytes(make_coco, tmp_path, monkeypatch):
+    kp, cp, images = make_coco(SPECS)
+    clean = tmp_path / "clean"
+    prepare(config(kp, cp, images, clean))
+
+    out = tmp_path / "out"
+    real = prep.process_image
+    calls = []
+
+    def crashing(job, s):
+        calls.append(job.image["id"])
+        if len(calls) == 4:
+            # Die half way through an image: its JPEG is written, its record is not.
+            (s.split_dir / "images").mkdir(parents=True, exist_ok=True)
+            (s.split_dir / "images" / f"{job.image['id']}.jpg").write_bytes(b"half")
+            (s.split_dir / "masks").mkdir(parents=True, exist_ok=True)
+            (s.split_dir / "masks" / ".4.png.x1y2.tmp").write_bytes(b"partial")
+            raise KeyboardInterrupt
+        return real(job, s)
+
+    monkeypatch.setattr(prep, "process_image", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(config(kp, cp, images, out))
+    assert not (out / "val" / "metadata.jsonl").exists()  # nothing a reader would take as done
+    assert len(list((out / "val" / prep.STATE_DIR).glob("*.json"))) == 3
+
+    monkeypatch.setattr(prep, "process_image", real)
+    summary = prepare(config(kp, cp, images, out))["splits"]["val"]
+    assert summary["reused"] == 3
+    assert (out / "val" / "metadata.jsonl").read_bytes() == (clean / "val" / "metadata.jsonl").read_bytes()
+    assert (out / "val" / "images" / "4.jpg").read_bytes() == (clean / "val" / "images" / "4.jpg").read_bytes()
+    assert not list((out / "val").rglob("*.tmp"))
+    before = (out / "val" / "metadata.jsonl").read_bytes()
+    assert prepare(config(kp, cp, images, out))["splits"]["val"]["reused"] == len(SPECS)
+    assert (out / "val" / "metadata.jsonl").read_bytes() == before
+
+
+def test_parallel_workers_give_the_same_output(make_coco, tmp_path):
+    kp, cp, images = make_coco(SPECS[:4])
+    prepare(config(kp, cp, images, tmp_path / "one"))
+    prepare(config(kp, cp, images, tmp_path / "two", workers=2))
+    assert (tmp_path / "one/val/metadata.jsonl").read_bytes() == (tmp_path / "two/val/metadata.jsonl").read_bytes()
+
+
+def test_limit_captions_and_face_size(make_coco, tmp_path):
+    kp, cp, images = make_coco(SPECS[:4], captions=False)
+    with pytest.raises(UserError, match="captions file not found"):
+        prepare(config(kp, cp, images, tmp_path / "a"))
+    s = prepare(config(kp, None, images, tmp_path / "b", default_caption="a photo of people", limit=2))
+    assert s["splits"]["val"]["kept"] == 2 and s["splits"]["val"]["not_processed_limit"] == 2
+    assert all(r.text == ["a photo of people"] for r in read_records(tmp_path / "b" / "val"))
+    prepare(config(kp, None, images, tmp_path / "c", default_caption="x", min_face_size=1000, save_crops=False))
+    recs = read_records(tmp_path / "c" / "val")
+    assert all(r.face_boxes == [] and r.person_crop_files == [] for r in recs)
+    assert not (tmp_path / "c" / "val" / "crops").exists()
+
+
+def test_coco_root_layout_and_split_all(make_coco, tmp_path):
+    kp, cp, images = make_coco(SPECS[:2])
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / "annotations" / f"person_keypoints_{split}2017.json").write_bytes(kp.read_bytes())
+        (root / "annotations" / f"captions_{split}2017.json").write_bytes(cp.read_bytes())
+        (root / f"{split}2017").symlink_to(images)
+    s = prepare(PrepareConfig(coco_root=root, split="all", out=tmp_path / "out", resolution=64, workers=1,
+                              min_face_size=4, face_detector="none"))  # fmt: skip
+    assert set(s["splits"]) == {"train", "val"} and s["splits"]["train"]["kept"] == 2
+    assert len(read_records(tmp_path / "out" / "train")) == 2
+
+
+def test_settings_change_needs_overwrite(make_coco, tmp_path):
+    kp, cp, images = make_coco(SPECS[:2])
+    prepare(config(kp, cp, images, tmp_path / "out"))
+    with pytest.raises(UserError, match="other settings.*resolution"):
+        prepare(config(kp, cp, images, tmp_path / "out", resolution=32))
+    prepare(config(kp, cp, images, tmp_path / "out", resolution=32, overwrite=True))
+    assert read_records(tmp_path / "out" / "val")[0].width == 32
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--keypoints", "{tmp}/nope.json"], "person keypoints annotation file not found"),
+        (["--images", "{tmp}/no-images"], "image folder not found"),
+        (["--captions", "{tmp}/nope.json"], "captions file not found"),
+        (["--split", "all"], "name one split's files"),
+        (["--min-coverage", "1.5"], "--min-coverage must lie in"),
+        (["--face-detector", "dlib"], "--face-detector must be"),
+        (["--resolution", "0"], "--resolution must lie in"),
+    ],
+)
+def test_cli_error_paths_exit_2(make_coco, tmp_path, humanfix_cli, args, message):
+    kp, cp, images = make_coco(SPECS[:1])
+    base = {"--keypoints": str(kp), "--captions": str(cp), "--images": str(images), "--split": "val"}
+    extra = [a.format(tmp=tmp_path) for a in args]
+    for k, v in zip(extra[::2], extra[1::2], strict=True):
+        base[k] = v
+    code, out, err = humanfix_cli(["prepare-data", *[x for kv in base.items() for x in kv], "--out", tmp_path / "o"])
+    assert code == 2, (out, err)
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_needs_a_source(humanfix_cli, tmp_path):
+    code, _, err = humanfix_cli(["prepare-data", "--out", tmp_path / "o"])
+    assert code == 2 and "--coco-root" in err
+
+
+def test_cli_end_to_end_on_ochuman(ochuman, tmp_path, humanfix_cli):
+    args = ["prepare-data", "--keypoints", ochuman / "person_keypoints.json", "--captions", ochuman / "captions.json",
+            "--images", ochuman, "--split", "val", "--min-coverage", "0", "--resolution", "256",
+            "--min-face-size", "8", "--workers", "2", "--out", tmp_path / "out"]  # fmt: skip
+    code, out, err = humanfix_cli(args)
+    assert code == 0, err
+    assert "kept" in out and "faces: both" in out  # the rich summary table
+    split = tmp_path / "out" / "val"
+    recs = read_records(split)
+    assert [r.coco_id for r in recs] == [1, 2, 3]
+    sources = [s for r in recs for s in r.face_sources]
+    assert sources.count("both") == 2 and "mtcnn" in sources and "keypoints" in sources
+    for r in recs:
+        assert Path(split / r.file_name).is_file() and Image.open(split / r.mask_file_name).size == (256, 256)
+        assert all((split / f).is_file() for f in r.face_crop_files + r.person_crop_files)
+        assert r.text and 0.0 < r.coverage < 1.0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["splits"]["val"]["kept"] == 3 and summary["settings"]["resolution"] == 256
+    before = (split / "metadata.jsonl").read_bytes()
+    code, _, err = humanfix_cli(args)
+    assert code == 0, err
+    assert (split / "metadata.jsonl").read_bytes() == before
