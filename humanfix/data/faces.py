@@ -135,21 +135,14 @@ def detect_faces(image: Any, min_size: float = 20.0) -> list[tuple[Box, float]]:
     return sorted([f for f in found if f[1] >= MIN_DETECTION_PROB], key=lambda f: -f[1])
 
 
-def merge_faces(
-    keypoint_boxes: list[Box | None], person_boxes: list[Box], detections: list[Box]
-) -> list[Face]:
+def merge_faces(keypoint_boxes: list[Box | None], person_boxes: list[Box], detections: list[Box]) -> list[Face]:
     """One face per person at most, sorted by person index (see the module docstring for the rule).
 
     ``keypoint_boxes[i]`` and ``person_boxes[i]`` belong to person ``i``; ``detections`` are detector boxes.
     """
     faces: dict[int, Face] = {}
     pairs = sorted(
-        (
-            (iou(kb, d), p, j)
-            for p, kb in enumerate(keypoint_boxes)
-            if kb is not None
-            for j, d in enumerate(detections)
-        ),
+        ((iou(kb, d), p, j) for p, kb in enumerate(keypoint_boxes) if kb is not None for j, d in enumerate(detections)),
         key=lambda t: (-t[0], t[1], t[2]),
     )
     used: set[int] = set()
@@ -166,9 +159,7 @@ def merge_faces(
     for j, d in enumerate(detections):
         if j in used:
             continue
-        owners = [
-            p for p, pb in enumerate(person_boxes) if p not in faces and contained(d, pb) >= MIN_CONTAINED
-        ]
+        owners = [p for p, pb in enumerate(person_boxes) if p not in faces and contained(d, pb) >= MIN_CONTAINED]
         if owners:
             p = min(owners, key=lambda p: (_area(person_boxes[p]), p))
             faces[p] = Face(p, d, "mtcnn")

@@ -276,8 +276,11 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
             "edges": [round(i / COVERAGE_BINS, 2) for i in range(COVERAGE_BINS + 1)],
             "counts": hist.tolist(),
         },
-        "sources": {"keypoints": str(src.keypoints), "captions": str(src.captions) if src.captions else None,
-                    "images": str(src.images)},  # fmt: skip
+        "sources": {
+            "keypoints": str(src.keypoints),
+            "captions": str(src.captions) if src.captions else None,
+            "images": str(src.images),
+        },  # fmt: skip
         "time_s": round(time.perf_counter() - t0, 2),
     }
 
@@ -475,5 +478,3 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
                                                  for n in names))]  # fmt: skip
     rows += [("time (s)", *(str(splits[n]["time_s"]) for n in names))]
     return rows
-
-
