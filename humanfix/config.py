@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,23 +41,35 @@ def _coerce(value: Any, annotation: Any) -> Any:
     """TOML gives lists where configs hold tuples, and strings where they hold paths."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return value if value is None or len(inner) != 1 else _coerce(value, inner[0])
     if origin is tuple and isinstance(value, list):
         return tuple(value)
     if annotation is Path and isinstance(value, str):
         return Path(value)
+    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        return build_config(annotation, **value)
     return value
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` on top of ``base``, recursing into tables; ``None`` overrides are ignored."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def build_config(cls: type[T], toml_path: str | Path | None = None, **overrides: Any) -> T:
     """``cls`` from a TOML file (optional) with ``overrides`` on top; ``None`` overrides are ignored.
 
+    A field that is itself a dataclass reads a TOML table (``[objective]``) and takes a dict of overrides.
     Unknown keys are a :class:`UserError`, so a typo in a config file never passes silently.
     """
-    values: dict[str, Any] = load_toml(toml_path) if toml_path else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = _merge(load_toml(toml_path) if toml_path else {}, overrides)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)

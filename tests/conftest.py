@@ -66,3 +66,41 @@ def tiny_components(tiny_model):
     from humanfix.models.pipeline import load_components
 
     return load_components(str(tiny_model))
+
+
+def write_prepared_split(split_dir: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
+    """A tiny prepared split in the prepare-data layout: n random images with one person and one face each."""
+    import numpy as np
+    from PIL import Image
+
+    from humanfix.data.records import Record, write_records
+
+    rng = np.random.default_rng(seed)
+    (split_dir / "images").mkdir(parents=True, exist_ok=True)
+    (split_dir / "masks").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        cid = 100 + i
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(split_dir / f"images/{cid}.jpg")
+        mask = np.zeros((size, size), np.uint8)
+        p = [size // 4, size // 8, 3 * size // 4, size]
+        mask[p[1] : p[3], p[0] : p[2]] = 255
+        Image.fromarray(mask).save(split_dir / f"masks/{cid}.png")
+        face = [3 * size // 8, size // 8, 5 * size // 8, 3 * size // 8]
+        kp = [[float(p[0] + (p[2] - p[0]) * (k % 3) / 2), float(p[1] + (p[3] - p[1]) * k / 17), 2.0] for k in range(17)]
+        records.append(
+            Record(
+                file_name=f"images/{cid}.jpg", mask_file_name=f"masks/{cid}.png",
+                text=[f"a person number {i}", "someone standing"], person_boxes=[p], face_boxes=[face],
+                face_sources=["keypoints"], keypoints=[kp], coverage=0.375, coco_id=cid, width=size, height=size,
+            )  # fmt: skip
+        )
+    write_records(split_dir, records)
+    return split_dir
+
+
+@pytest.fixture
+def prepared_set(tmp_path) -> Path:
+    """A prepare-data output folder with a 3-image ``val`` split at 64×64."""
+    write_prepared_split(tmp_path / "data" / "val")
+    return tmp_path / "data"

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from humanfix.losses.crops import Boxes, crop_boxes, per_sample_mean
+from humanfix.losses.perceptual import seeded_init
 from humanfix.models import weights
 
 FACE_CROP = 160
@@ -40,7 +41,8 @@ class FaceFeatureLoss(nn.Module):
         super().__init__()
         if len(layers) != len(layer_weights):
             raise ValueError(f"{len(layers)} face layers but {len(layer_weights)} weights")
-        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        with seeded_init():  # random weights are the same in every run and on every process
+            self.net = InceptionResnetV1(pretrained=None, classify=False)
         known = {name for name, _ in self.net.named_children()} | {"embedding"}
         unknown = [name for name in layers if name not in known]
         if unknown:

@@ -40,14 +40,16 @@ class ObjectiveConfig:
     timestep_threshold: int = 100
     # β_l: weights of the five LPIPS-VGG layers (relu1_2 … relu5_3); all 1 is LPIPS itself.
     lpips_layer_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
-    # Side of the square each person box is resized to before LPIPS.
-    lpips_crop_size: int = 224
+    # Side of the square each person box is resized to before LPIPS; unset: half the image side,
+    # clamped to [64, 224] (224 at 512², VGG's native size; no needless upsampling on small images).
+    lpips_crop_size: int | None = None
     # InceptionResnetV1 layers for the face term ("embedding" is the normalised output).
     face_layers: tuple[str, ...] = DEFAULT_FACE_LAYERS
     # α_l: one weight per face layer.
     face_layer_weights: tuple[float, ...] = DEFAULT_FACE_LAYER_WEIGHTS
-    # "pretrained" (VGG16 ImageNet, InceptionResnetV1 VGGFace2) or "random" (explicit request only).
-    perceptual_weights: str = "pretrained"
+    # "pretrained" (VGG16 ImageNet, InceptionResnetV1 VGGFace2) or "random" (explicit request only);
+    # unset means pretrained, except with the built-in tiny model, where training picks random.
+    perceptual_weights: str | None = None
     # "boxes": decode only the latent window around persons and faces; "full": the whole latent.
     decode_region: str = "boxes"
     # Latent pixels added around the boxes' window when decode_region = "boxes".
@@ -70,11 +72,11 @@ class ObjectiveConfig:
             raise UserError(f"lpips-layer-weights needs {len(LPIPS_LAYERS)} values ({', '.join(LPIPS_LAYERS)})")
         if len(self.face_layers) != len(self.face_layer_weights):
             raise UserError("face-layers and face-layer-weights must have the same length")
-        if self.perceptual_weights not in ("pretrained", "random"):
+        if self.perceptual_weights not in (None, "pretrained", "random"):
             raise UserError(f"perceptual-weights must be 'pretrained' or 'random' (got {self.perceptual_weights!r})")
         if self.decode_region not in DECODE_REGIONS:
             raise UserError(f"decode-region must be one of {DECODE_REGIONS} (got {self.decode_region!r})")
-        if self.decode_margin < 0 or self.lpips_crop_size < 32:
+        if self.decode_margin < 0 or (self.lpips_crop_size is not None and self.lpips_crop_size < 32):
             raise UserError("decode-margin must be >= 0 and lpips-crop-size >= 32")
 
     @property
@@ -124,8 +126,9 @@ class MaskAwareObjective(nn.Module):
             )
         self.config = config
         self.prediction_type = prediction_type
-        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float().clone(), persistent=False)
-        pretrained = config.perceptual_weights == "pretrained"
+        # A plain attribute, not a buffer: .to(dtype=fp16) must not round the noise schedule.
+        self.alphas_cumprod = alphas_cumprod.detach().float().clone()
+        pretrained = config.perceptual_weights != "random"
         self.lpips = (
             MaskedLPIPS(pretrained, config.lpips_layer_weights, config.lpips_crop_size, config.vgg_weights)
             if config.lambda_lpips > 0
@@ -170,8 +173,12 @@ class MaskAwareObjective(nn.Module):
         has_lpips, has_face = zeros.clone(), zeros.clone()
         need = (want_lpips | want_face).nonzero().flatten()
         if need.numel():
-            x0 = predict_x0(
-                noisy_latents[need], model_pred[need], timesteps[need], self.alphas_cumprod, self.prediction_type
+            x0 = predict_x0(  # in fp32 whatever the training dtype
+                noisy_latents[need].float(),
+                model_pred[need].float(),
+                timesteps[need],
+                self.alphas_cumprod,
+                self.prediction_type,
             )
             idx = need.tolist()
             p_boxes = [person_boxes[i] if want_lpips[i] else _empty(ldm) for i in idx]
@@ -182,7 +189,8 @@ class MaskAwareObjective(nn.Module):
             decoded = decode_for_loss(vae, x0, region_boxes, cfg.decode_region, cfg.decode_margin)
             real = images[need].float()
             if self.lpips is not None and want_lpips.any():
-                value, has = self.lpips(decoded, real, masks[need], p_boxes)
+                size = cfg.lpips_crop_size or min(224, max(64, min(decoded.shape[-2:]) // 2))
+                value, has = self.lpips(decoded, real, masks[need], p_boxes, crop_size=size)
                 lpips_i = lpips_i.index_put((need,), value)
                 has_lpips[need] = has
             if self.face is not None and want_face.any():

@@ -10,6 +10,7 @@ over its boxes. Only pixels inside a box are ever read, so pixels outside every 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,18 +24,32 @@ from humanfix.models import weights
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 
-def load_vgg16_trunk(trunk: nn.Module, path: Path) -> None:
-    """Load torchvision's ``vgg16-397923af.pth`` into lpips' sliced VGG trunk (slices keep feature indices)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    mapped = {}
-    for name, _ in trunk.named_parameters():
-        _slice, index, kind = name.split(".")
-        mapped[name] = state[f"features.{index}.{kind}"]
-    trunk.load_state_dict(mapped)
+@contextlib.contextmanager
+def seeded_init(seed: int = 0):
+    """Initialise random weights from a fixed seed without touching the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+# LPIPS' input normalisation (lpips.ScalingLayer) and the VGG16 feature indices ending each LPIPS layer.
+_SHIFT = (-0.030, -0.088, -0.188)
+_SCALE = (0.458, 0.448, 0.450)
+_SLICE_ENDS = (4, 9, 16, 23, 30)
+
+
+def _normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Unit-normalise features over channels (lpips.normalize_tensor)."""
+    return x / (torch.sqrt(torch.sum(x**2, dim=1, keepdim=True)) + eps)
 
 
 class MaskedLPIPS(nn.Module):
-    """LPIPS-VGG over person boxes, weighted by the person mask. Frozen; gradients flow to the input."""
+    """LPIPS-VGG over person boxes, weighted by the person mask. Frozen; gradients flow to the input.
+
+    The same network as ``lpips.LPIPS(net="vgg", spatial=True)``, built from the VGG16 feature layers alone
+    (lpips builds the whole classifier too, 138M parameters it never uses); the linear heads are loaded from
+    the file that ships inside the lpips package.
+    """
 
     def __init__(
         self,
@@ -44,33 +59,50 @@ class MaskedLPIPS(nn.Module):
         vgg_weights: str | Path | None = None,
     ) -> None:
         """``pretrained=False`` keeps a random VGG trunk (tests, the tiny model); the heads always ship with lpips."""
-        import lpips
+        from torchvision.models.vgg import cfgs, make_layers
 
         super().__init__()
         if len(layer_weights) != len(LPIPS_LAYERS):
             raise ValueError(f"LPIPS needs {len(LPIPS_LAYERS)} layer weights, got {len(layer_weights)}")
-        base = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        with seeded_init():  # a random trunk is the same in every run and on every process
+            self.features = make_layers(cfgs["D"])[: _SLICE_ENDS[-1]]
         if pretrained:
-            load_vgg16_trunk(base.net, weights.VGG16.require(vgg_weights))
-        self.scaling_layer, self.net, self.lins = base.scaling_layer, base.net, base.lins
+            state = torch.load(weights.VGG16.require(vgg_weights), map_location="cpu", weights_only=True)
+            self.features.load_state_dict(
+                {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+            )
+        channels = (64, 128, 256, 512, 512)
+        with seeded_init():
+            self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in channels)
+        heads = torch.load(weights.lpips_heads_path(), map_location="cpu", weights_only=True)
+        for k, lin in enumerate(self.lins):
+            lin.weight.data.copy_(heads[f"lin{k}.model.1.weight"])
+        self.register_buffer("shift", torch.tensor(_SHIFT)[None, :, None, None], persistent=False)
+        self.register_buffer("scale", torch.tensor(_SCALE)[None, :, None, None], persistent=False)
         self.register_buffer("layer_weights", torch.tensor(layer_weights, dtype=torch.float32), persistent=False)
         self.crop_size = crop_size
         self.pretrained = pretrained
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> MaskedLPIPS:
-        return super().train(False)  # dropout in the heads must stay off
+    def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """VGG16 activations relu1_2 … relu5_3 for images N×3×H×W in [-1, 1]."""
+        h = (x - self.shift) / self.scale
+        out, start = [], 0
+        for end in _SLICE_ENDS:
+            for layer in self.features[start:end]:
+                h = layer(h)
+            out.append(h)
+            start = end
+        return out
 
     def distance_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The weighted spatial LPIPS map, N×1×H×W, for images N×3×H×W in [-1, 1]."""
-        import lpips
-
-        fx = self.net(self.scaling_layer(x))
-        fy = self.net(self.scaling_layer(y))
-        total = x.new_zeros((x.shape[0], 1, *x.shape[-2:]))
-        for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
-            diff = (lpips.normalize_tensor(a) - lpips.normalize_tensor(b)) ** 2
+        """The weighted spatial LPIPS map, N×1×H×W, for images N×3×H×W in [-1, 1] (one VGG pass for both)."""
+        n = x.shape[0]
+        feats = self.layer_features(torch.cat([x, y]))
+        total = x.new_zeros((n, 1, *x.shape[-2:]))
+        for k, f in enumerate(feats):
+            diff = (_normalize(f[:n]) - _normalize(f[n:])) ** 2
             layer = self.lins[k](diff)
             total = total + self.layer_weights[k] * F.interpolate(
                 layer, size=x.shape[-2:], mode="bilinear", align_corners=False
@@ -78,7 +110,12 @@ class MaskedLPIPS(nn.Module):
         return total
 
     def forward(
-        self, decoded: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, boxes: Boxes
+        self,
+        decoded: torch.Tensor,
+        target: torch.Tensor,
+        masks: torch.Tensor,
+        boxes: Boxes,
+        crop_size: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample masked LPIPS.
 
@@ -86,19 +123,20 @@ class MaskedLPIPS(nn.Module):
             decoded, target: N×3×H×W in [-1, 1] (decoded x̂0 and the real image).
             masks: N×1×H×W person mask in [0, 1].
             boxes: N tensors of K_i×4 person boxes in pixels.
+            crop_size: side each box is resized to (default: the one given at construction).
 
         Returns:
             ``(loss, has)``: loss N (0 where a sample has no usable box) and has N bool.
         """
         n = decoded.shape[0]
         (dec, tgt, msk), owners, used = crop_boxes(
-            decoded.float(), boxes, self.crop_size, extra=(target.float(), masks.float())
+            decoded.float(), boxes, crop_size or self.crop_size, extra=(target.float(), masks.float())
         )
         has = torch.zeros(n, dtype=torch.bool, device=decoded.device)
         if owners.numel() == 0:
             return decoded.new_zeros(n, dtype=torch.float32), has
         has[owners] = True
-        dtype = next(self.net.parameters()).dtype
+        dtype = self.lins[0].weight.dtype
         dmap = self.distance_map(dec.to(dtype), tgt.to(dtype)).float()
         mask_area = msk.sum(dim=(1, 2, 3))
         # A box whose mask is empty is averaged uniformly rather than dropped.

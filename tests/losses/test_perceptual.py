@@ -1,0 +1,40 @@
+import lpips
+import torch
+
+from humanfix.losses.perceptual import MaskedLPIPS
+
+
+def test_distance_map_equals_the_lpips_package():
+    ours = MaskedLPIPS(pretrained=False)
+    ref = lpips.LPIPS(net="vgg", spatial=True, pnet_rand=True, verbose=False).eval()
+    trunk = {name: p for name, p in ref.net.named_parameters()}  # slice{k}.{index}.{weight|bias}
+    for name, p in trunk.items():
+        _, index, kind = name.split(".")
+        p.data.copy_(dict(ours.features.named_parameters())[f"{index}.{kind}"])
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(2, 3, 64, 64, generator=g) * 2 - 1).unbind(0)
+    x, y = x[None], y[None]
+    torch.testing.assert_close(ours.distance_map(x, y), ref(x, y), rtol=1e-4, atol=1e-6)
+
+
+def test_random_trunk_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = MaskedLPIPS(pretrained=False)
+    after = torch.rand(1)
+    b = MaskedLPIPS(pretrained=False)
+    assert torch.equal(before, after)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_pretrained_trunk_loads_torchvision_vgg16_file(tmp_path, monkeypatch):
+    from torchvision.models import vgg16
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    state = vgg16().state_dict()
+    path = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    net = MaskedLPIPS(pretrained=True)
+    torch.testing.assert_close(net.features[28].weight, state["features.28.weight"])

@@ -1,0 +1,218 @@
+"""humanfix train on the tiny model and a tiny prepared set made here."""
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from safetensors.torch import load_file
+
+from humanfix.config import build_config
+from humanfix.errors import UserError
+from humanfix.train import TrainConfig, TrainingStopped, checkpoint_dirs, train
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps process-wide singletons; each in-process run starts clean."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def config(data, output, **kw):
+    objective = kw.pop("objective", {"lambda_lpips": 0.6, "lambda_face": 0.4, "timestep_threshold": 1000})
+    values = dict(model="tiny", data=data, split="val", batch_size=2, seed=0, output=output, checkpoint_every=2,
+                  max_steps=4, objective=objective)  # fmt: skip
+    values.update(kw)
+    return build_config(TrainConfig, None, **values)
+
+
+def zero_convs(state):
+    return {k: v for k, v in state.items() if k.startswith(("controlnet_down_blocks", "controlnet_mid_block"))}
+
+
+def test_a_few_steps_write_every_output(prepared_set, tmp_path):
+    out = tmp_path / "run"
+    branch = train(config(prepared_set, out))
+    assert branch == out / "controlnet"
+    assert (branch / "config.json").is_file() and (branch / "diffusion_pytorch_model.safetensors").is_file()
+    meta = json.loads((branch / "humanfix.json").read_text())
+    assert meta["conditioning"] == "none" and meta["perceptual_weights"] == "random"
+    saved = tomllib.loads((out / "training_config.toml").read_text())
+    assert saved["objective"]["lambda_lpips"] == 0.6 and saved["model"] == "tiny"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "loss_ldm", "loss_lpips", "loss_face", "gated_fraction", "lr", "images_per_s", "peak_memory_gb"):
+        assert all(r[key] is not None for r in rows), key
+    assert all(r["gated_fraction"] == 1.0 for r in rows)
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002", "step-00000004"]
+    # The resolved config reloads into the same config.
+    again = build_config(TrainConfig, out / "training_config.toml")
+    assert again == config(prepared_set, out)
+
+
+def test_perceptual_terms_alone_move_the_zero_convolutions(prepared_set, tmp_path):
+    objective = {"lambda_lpips": 0.5, "lambda_face": 0.5, "timestep_threshold": 1000}
+    branch = train(config(prepared_set, tmp_path / "run", objective=objective, max_steps=2, checkpoint_every=0))
+    moved = sum(v.abs().sum().item() for v in zero_convs(load_file(branch / "diffusion_pytorch_model.safetensors")).values())
+    assert moved > 0
+
+
+def test_resume_replays_the_run_exactly(prepared_set, tmp_path):
+    straight = train(config(prepared_set, tmp_path / "straight"))
+    train(config(prepared_set, tmp_path / "resumed", max_steps=2))
+    resumed = train(config(prepared_set, tmp_path / "resumed", resume="latest"))
+    a = load_file(straight / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(prepared_set, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    real_save = Accelerator.save_state
+
+    def dying_save(self, output_dir=None, **kw):
+        if output_dir.endswith("step-00000004"):
+            Path(output_dir, "model.safetensors").write_bytes(b"half a file")
+            raise KeyboardInterrupt("killed during save")
+        return real_save(self, output_dir, **kw)
+
+    monkeypatch.setattr(Accelerator, "save_state", dying_save)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(prepared_set, out))
+    assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002"]
+    monkeypatch.setattr(Accelerator, "save_state", real_save)
+    AcceleratorStateReset()
+    branch = train(config(prepared_set, out, resume="latest"))
+    assert (branch / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def AcceleratorStateReset():  # noqa: N802 - a helper used mid-test
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def test_nonfinite_losses_are_skipped_then_stop_training(prepared_set, tmp_path, monkeypatch):
+    import humanfix.train as train_module
+
+    real = train_module.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(run, batch, g):
+        out = real(run, batch, g)
+        calls["n"] += 1
+        if calls["n"] == 2 or calls["n"] >= 4:  # one isolated NaN, then NaNs for good
+            out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="non-finite 2 times in a row"):
+        train(config(prepared_set, out, max_steps=10, max_nonfinite_steps=2, checkpoint_every=1))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [False, True, False, True]
+    assert rows[-1]["nonfinite_total"] == 2
+    good = load_file(checkpoint_dirs(out)[-1] / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in good.values())
+
+
+def test_saved_branch_generates_through_plain_diffusers(prepared_set, tmp_path, tiny_model):
+    branch = train(config(prepared_set, tmp_path / "run", max_steps=1, checkpoint_every=0))
+    cn = ControlNetModel.from_pretrained(branch)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_model, controlnet=cn, safety_checker=None, requires_safety_checker=False
+    )
+    image = pipe("a person", image=torch.zeros(1, 3, 64, 64), num_inference_steps=2, height=64, width=64,
+                 output_type="np", generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    assert image.shape == (1, 64, 64, 3) and float(image.std()) > 0
+
+
+@pytest.mark.parametrize("conditioning", ["pose", "mask"])
+def test_pose_and_mask_conditioning_train_and_are_saved(prepared_set, tmp_path, conditioning):
+    branch = train(config(prepared_set, tmp_path / "run", max_steps=1, checkpoint_every=0, conditioning=conditioning))
+    assert json.loads((branch / "humanfix.json").read_text())["conditioning"] == conditioning
+
+
+def test_validation_images_are_written(prepared_set, tmp_path):
+    out = tmp_path / "run"
+    train(config(prepared_set, out, max_steps=2, checkpoint_every=0, validate_every=2,
+                 validation_prompts=("a skier",), validation_steps=2))  # fmt: skip
+    assert (out / "validation" / "step-00000002" / "00.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"split": "train"}, "no prepared split"),
+        ({"data": None}, "--data"),
+        ({"objective": {"lambda_lpips": 0.8, "lambda_face": 0.5}}, "<= 1"),
+        ({"batch_size": 0}, "batch-size"),
+        ({"conditioning": "depth"}, "conditioning"),
+        ({"resume": "latest"}, "no checkpoint"),
+    ],
+)
+def test_bad_input_is_a_user_error(prepared_set, tmp_path, kw, match):
+    data = kw.pop("data", prepared_set)
+    with pytest.raises(UserError, match=match):
+        train(config(data, tmp_path / "run", **kw))
+
+
+def test_empty_set_and_foreign_branch_are_user_errors(prepared_set, tmp_path):
+    empty = tmp_path / "empty" / "val"
+    empty.mkdir(parents=True)
+    (empty / "metadata.jsonl").write_text("")
+    with pytest.raises(UserError, match="empty"):
+        train(config(tmp_path / "empty", tmp_path / "run"))
+    AcceleratorStateReset()
+    foreign = tmp_path / "foreign"
+    ControlNetModel(block_out_channels=(16, 32), cross_attention_dim=16, down_block_types=("CrossAttnDownBlock2D",
+                    "DownBlock2D"), norm_num_groups=8, attention_head_dim=4).save_pretrained(foreign)  # fmt: skip
+    with pytest.raises(UserError, match="does not fit"):
+        train(config(prepared_set, tmp_path / "run2", controlnet=foreign))
+
+
+def test_cli_train_end_to_end(prepared_set, tmp_path, humanfix_cli):
+    toml = tmp_path / "train.toml"
+    toml.write_text('max_steps = 1\n[objective]\nlambda_lpips = 0.3\n')
+    code, out, err = humanfix_cli(["train", "--config", toml, "--model", "tiny", "--data", prepared_set, "--split",
+                                   "val", "--batch-size", "2", "--lambda-face", "0.2", "--output", tmp_path / "run"])  # fmt: skip
+    assert code == 0, err
+    assert "branch saved" in out
+    saved = tomllib.loads((tmp_path / "run" / "training_config.toml").read_text())
+    assert saved["objective"]["lambda_lpips"] == 0.3 and saved["objective"]["lambda_face"] == 0.2
+    code, _, err = humanfix_cli(["train", "--model", "tiny", "--data", prepared_set, "--split", "val",
+                                 "--lambda-lpips", "0.8", "--lambda-face", "0.5", "--output", tmp_path / "bad"])  # fmt: skip
+    assert code == 2 and "Traceback" not in err and "<= 1" in err
+
+
+@pytest.mark.slow
+def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp_path, tiny_model):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+           "-m", "humanfix.cli", "train", "--model", "tiny", "--data", str(prepared_set), "--split", "val",
+           "--batch-size", "1", "--max-steps", "3", "--lambda-lpips", "0.5", "--timestep-threshold", "1000",
+           "--checkpoint-every", "2", "--output", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rank 0/2 finished at step 3" in r.stderr and "rank 1/2 finished at step 3" in r.stderr
+    assert r.stdout.count("branch saved") == 1
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # one writer, no duplicated lines
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "controlnet", "metrics.jsonl", "training_config.toml"]
