@@ -149,7 +149,10 @@ def load_clip(name: str, device: torch.device) -> tuple[Any, Any] | str:
     """(model, processor) from a folder or the local Hugging Face cache, or a note saying why not."""
     from transformers import CLIPModel, CLIPProcessor
 
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():  # a folder, not a hub id
+        return f"CLIP score skipped: CLIP folder {name} not found (pass --clip-model FOLDER or a cached hub id)."
     try:
+        name = str(Path(name).expanduser()) if name.startswith("~") else name
         model = CLIPModel.from_pretrained(name, local_files_only=True).to(device).eval()
         processor = CLIPProcessor.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as e:

@@ -1,0 +1,139 @@
+"""``humanfix evaluate`` end to end: metrics.json, saved statistics, faces, report, ratings, and the errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from humanfix.evaluate import fid as M
+
+
+def test_fid_kid_bootstrap_report_and_saved_stats(tmp_path, humanfix_cli, compare_output, noise_folder, fake_inception):
+    from cleanfid.fid import get_folder_features
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    gen = compare_output(tmp_path / "gen", ["a man", "a woman"], [1, 2, 3], ["base", "ours"])
+    real = noise_folder(tmp_path / "split" / "images", n=8, seed=5, size=72).parent
+    out = tmp_path / "out"
+    code, stdout, stderr = humanfix_cli(
+        ["evaluate", "--fid", "--kid", "--bootstrap", "20", "--report", "--generated", gen, "--real", real,
+         "--save-stats", "mine", "--inception-weights", fake_inception, "--output", out]
+    )  # fmt: skip
+    assert code == 0, stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["mode"] == "clean" and m["n_real"] == 8 and sorted(m["models"]) == ["base", "ours"]
+    assert m["feature_extractor"]["sha256"] == M.file_sha256(fake_inception)
+    assert "fid" not in m  # two models: numbers live under "models"
+    assert any("fewer than 10,000" in n for n in m["notes"])
+
+    # the same numbers from clean-fid's own feature pipeline on the same folders (grids/ left out)
+    ext = InceptionV3W(str(fake_inception.parent), download=False)
+    feats = {
+        name: get_folder_features(str(folder), ext, num_workers=0, device=torch.device("cpu"), verbose=False)
+        for name, folder in [("real", real / "images"), ("base", gen / "base"), ("ours", gen / "ours")]
+    }
+    for label in ("base", "ours"):
+        r = m["models"][label]
+        assert r["n_generated"] == 6
+        assert r["fid"] == pytest.approx(M.fid_from_features(feats["real"], feats[label]), rel=1e-6)
+        assert r["fid_interval"][0] < r["fid"] < r["fid_interval"][1]
+        assert r["kid"] == pytest.approx(M.kid_from_features(feats["real"], feats[label], seed=0), rel=1e-6)
+    assert m["models"]["base"]["fid"] != pytest.approx(m["models"]["ours"]["fid"])
+    assert "base" in stdout and "ours" in stdout and "95% interval" in stdout
+    page = (out / "report.html").read_text()
+    assert page.count('id="img-') == 12 and "a woman" in page
+
+    # the saved real statistics stand in for --real
+    code, _, stderr = humanfix_cli(
+        ["evaluate", "--fid", "--generated", gen, "--real-stats", "mine", "--inception-weights", fake_inception,
+         "--output", tmp_path / "out2"]
+    )  # fmt: skip
+    assert code == 0, stderr
+    m2 = json.loads((tmp_path / "out2" / "metrics.json").read_text())
+    assert m2["models"]["ours"]["fid"] == pytest.approx(m["models"]["ours"]["fid"], rel=1e-9)
+
+
+def test_a_folder_against_itself_is_zero(tmp_path, humanfix_cli, noise_folder, fake_inception):
+    folder = noise_folder(tmp_path / "imgs", n=6)
+    code, _, stderr = humanfix_cli(
+        ["evaluate", "--fid", "--generated", folder, "--real", folder, "--inception-weights", fake_inception,
+         "--output", tmp_path / "out"]
+    )  # fmt: skip
+    assert code == 0, stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["n_generated"] == m["n_real"] == 6 and abs(m["fid"]) < 1e-6
+
+
+def test_face_metrics_and_face_crop_fid(tmp_path, humanfix_cli, ochuman, compare_output, fake_inception):
+    photos = sorted(ochuman.glob("*.jpg"))
+    gen = compare_output(tmp_path / "gen", ["people"], [0, 1, 2], ["photos", "noise"], photos=photos)
+    real = tmp_path / "real"  # the photos at half size too (MTCNN's time grows with the pixels)
+    real.mkdir()
+    for f in photos:
+        with Image.open(f) as im:
+            im.resize((im.width // 2, im.height // 2)).save(real / f"{f.stem}.png")
+    code, stdout, stderr = humanfix_cli(
+        ["evaluate", "--fid", "--faces", "--clip", "--clip-model", tmp_path / "no-clip", "--generated", gen,
+         "--real", real, "--inception-weights", fake_inception, "--output", tmp_path / "out"]
+    )  # fmt: skip
+    assert code == 0, stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["real"]["faces"]["face_rate"] == 1.0 and m["real"]["n_face_crops"] >= 3
+    photos_m, noise_m = m["models"]["photos"], m["models"]["noise"]
+    assert photos_m["faces"]["face_rate"] > 0.5 and photos_m["faces"]["face_confidence"] > 0.9
+    assert noise_m["faces"]["face_rate"] == 0.0 and noise_m["faces"]["face_confidence"] is None
+    assert abs(photos_m["face_fid"]) < 1e-6 and "face_fid" not in noise_m  # the same photos on both sides
+    assert any("face-crop FID of noise skipped" in n for n in m["notes"])
+    assert any("CLIP score skipped" in n for n in m["notes"])
+    assert "face rate" in stdout
+
+
+def test_ratings_files_are_summarised(tmp_path, humanfix_cli):
+    choices = [{"left": "base", "right": "ours", "choice": "right"}] * 9 + [
+        {"left": "ours", "right": "base", "choice": "right"},
+        {"left": "ours", "right": "base", "choice": "tie"},
+    ]
+    f = tmp_path / "ab.json"
+    f.write_text(json.dumps({"format": "humanfix-ab-choices", "version": 1, "choices": choices}))
+    code, stdout, stderr = humanfix_cli(["evaluate", "--ratings", f, "--output", tmp_path / "out"])
+    assert code == 0, stderr
+    (pair,) = json.loads((tmp_path / "out" / "ratings.json").read_text())["pairs"]
+    assert (pair["a"], pair["wins_a"], pair["wins_b"], pair["ties"]) == ("base", 1, 9, 1)
+    assert pair["p_value"] == pytest.approx(2 * 11 / 1024)  # 2 * P(X <= 1 | 10, 1/2)
+    assert "base" in stdout and "ours" in stdout
+
+
+def test_user_errors_are_one_line(tmp_path, humanfix_cli, noise_folder, fake_inception):
+    (tmp_path / "empty").mkdir()
+    good = noise_folder(tmp_path / "good", n=3)
+    broken = noise_folder(tmp_path / "broken", n=2)
+    (broken / "zz.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    w = ["--inception-weights", fake_inception, "--output", tmp_path / "out"]
+    cases = [
+        (["--fid", "--generated", tmp_path / "empty", "--real", good, *w], "no images found"),
+        (["--fid", "--generated", good, "--real", tmp_path / "empty", *w], "no images found"),
+        (["--fid", "--generated", broken, "--real", good, *w], "cannot read image"),
+        (["--fid", "--generated", good, "--real", good, "--inception-weights", tmp_path / "x.pt"], "x.pt not found"),
+        (["--fid", "--generated", good, *w], "need a real set"),
+        (["--generated", good], "nothing to do"),
+        (["--fid", "--generated", good, "--real", good, "--mode", "fast", *w], "--mode must be"),
+    ]
+    for args, message in cases:
+        code, _, stderr = humanfix_cli(["evaluate", *args])
+        assert code == 2 and message in stderr, (args, stderr)
+        assert stderr.strip().count("\n") == 0 and "Traceback" not in stderr
+
+
+def test_missing_default_weights_say_where_they_go(tmp_path, humanfix_cli, noise_folder, monkeypatch):
+    import dataclasses
+
+    elsewhere = dataclasses.replace(M.INCEPTION_FID, folder_fn=lambda: tmp_path)  # clean-fid's /tmp may hold it
+    monkeypatch.setattr(M, "INCEPTION_FID", elsewhere)
+    good = noise_folder(tmp_path / "good", n=2)
+    code, _, stderr = humanfix_cli(
+        ["evaluate", "--fid", "--generated", good, "--real", good, "--output", tmp_path / "o"]
+    )
+    assert code == 2 and f"place it at {tmp_path / 'inception-2015-12-05.pt'}" in stderr
