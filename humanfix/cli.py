@@ -6,6 +6,7 @@ Errors a user can cause are :class:`humanfix.errors.UserError`: one line on stde
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -277,7 +278,53 @@ def train(
         log_with=log_with, workers=workers,
     )  # fmt: skip
     branch = run_train(cfg)
-    print(f"branch saved to {branch}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"branch saved to {branch}")
+
+
+@app.command()
+def evaluate(
+    generated: Annotated[
+        list[str] | None, typer.Option(help="A generate output (index.jsonl) or image folder; repeatable.")
+    ] = None,
+    real: Annotated[str | None, typer.Option(help="Real images: a prepare-data split folder or any folder.")] = None,
+    real_stats: Annotated[str | None, typer.Option(help="Use real features saved with --save-stats NAME.")] = None,
+    save_stats: Annotated[str | None, typer.Option(help="Save --real's features as NAME ($HUMANFIX_HOME).")] = None,
+    output: Annotated[str | None, typer.Option(help="Output folder (default outputs/evaluate).")] = None,
+    fid: Annotated[bool, typer.Option("--fid", help="FID of each model against the real set.")] = False,
+    kid: Annotated[bool, typer.Option("--kid", help="KID too (more reliable at small N).")] = False,
+    bootstrap: Annotated[int | None, typer.Option(help="Resamples for FID's 95% interval (implies --fid).")] = None,
+    mode: Annotated[str | None, typer.Option(help="clean-fid mode: clean (default) or legacy_tensorflow.")] = None,
+    inception_weights: Annotated[str | None, typer.Option(help="Path of clean-fid's inception-2015-12-05.pt.")] = None,
+    faces: Annotated[bool, typer.Option("--faces", help="MTCNN face rate/confidence; face-crop FID.")] = False,
+    face_threshold: Annotated[float | None, typer.Option(help="MTCNN probability of a face (default 0.9).")] = None,
+    clip: Annotated[bool, typer.Option("--clip", help="CLIP score, when CLIP weights are on disk.")] = False,
+    clip_model: Annotated[str | None, typer.Option(help="CLIP hub id (local cache) or folder.")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Write OUTPUT/report.html with blind A/B.")] = False,
+    report_images: Annotated[str | None, typer.Option(help="embed (default: one file) or link.")] = None,
+    ratings: Annotated[
+        list[str] | None, typer.Option(help="A/B choices JSON from report.html; repeatable.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:1, ...")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per Inception forward (default 32).")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Image-loading processes.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Bootstrap, KID subsets, A/B order (default 0).")] = None,
+    config: Annotated[str | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
+) -> None:
+    """FID/KID with a bootstrap interval, face metrics, CLIP score, an HTML report with blind A/B, A/B ratings."""
+    from humanfix.config import build_config
+    from humanfix.evaluate.run import EvaluateConfig
+    from humanfix.evaluate.run import evaluate as run_evaluate
+
+    cfg = build_config(
+        EvaluateConfig, config, generated=tuple(generated) if generated else None, real=real, real_stats=real_stats,
+        save_stats=save_stats, output=output, fid=fid or None, kid=kid or None, bootstrap=bootstrap, mode=mode,
+        inception_weights=inception_weights, faces=faces or None, face_threshold=face_threshold, clip=clip or None,
+        clip_model=clip_model, report=report or None, report_images=report_images,
+        ratings=tuple(ratings) if ratings else None, device=device, batch_size=batch_size, num_workers=num_workers,
+        seed=seed,
+    )  # fmt: skip
+    run_evaluate(cfg)
 
 
 def main() -> None:
