@@ -156,11 +156,10 @@ def load_clip(name: str, device: torch.device) -> tuple[Any, Any] | str:
         model = CLIPModel.from_pretrained(name, local_files_only=True).to(device).eval()
         processor = CLIPProcessor.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return (
-            f"CLIP score skipped: CLIP weights {name!r} are not available locally ({first[:160]}). "
-            "Put them in the Hugging Face cache or pass --clip-model FOLDER."
-        )
+        where = "not in the local Hugging Face cache"
+        if Path(name).is_dir():
+            where = f"not loadable from {name} ({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]})"
+        return f"CLIP score skipped: CLIP weights {name!r} {where}. Put them there or pass --clip-model FOLDER."
     return model, processor
 
 

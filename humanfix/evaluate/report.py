@@ -299,7 +299,8 @@ _TEMPLATE = r"""<!doctype html>
   .loose figcaption { font-size: 11px; color: #666; overflow-wrap: anywhere; }
   #ab .pair { display: flex; gap: 1em; justify-content: center; }
   #ab .side { flex: 1 1 0; max-width: 48vw; text-align: center; }
-  #ab .side img { max-width: 100%; max-height: 70vh; image-rendering: auto; border: 3px solid transparent; }
+  #ab .side img { width: 100%; max-width: 768px; max-height: 72vh; object-fit: contain;
+                  border: 3px solid transparent; }
   #ab .side img.picked { border-color: #2a6df4; }
   #ab .buttons { text-align: center; margin: 1em 0; }
   #ab .buttons button { font-size: 16px; padding: .4em 1.2em; margin: 0 .3em; }
