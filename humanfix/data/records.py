@@ -50,7 +50,7 @@ class Record:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.text or not all(isinstance(t, str) for t in self.text):
+        if not isinstance(self.text, list) or not self.text or not all(isinstance(t, str) for t in self.text):
             problems.append("text must be a non-empty list of strings")
         for name in ("person_boxes", "face_boxes"):
             boxes = getattr(self, name)

@@ -40,6 +40,7 @@ def test_json_round_trip_and_key_order():
         {"face_boxes": [[5, 5, 5, 9]]},
         {"keypoints": [[[1, 2, 2]] * 16]},
         {"text": []},
+        {"text": "one caption, not a list"},
         {"coverage": 1.5},
     ],
 )
