@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import random
 import resource
 import shutil
 import sys
@@ -119,9 +118,13 @@ class TrainConfig:
             raise UserError("train needs --data DIR (a prepare-data output)")
         if self.conditioning not in CONDITIONINGS:
             raise UserError(f"conditioning must be one of {CONDITIONINGS} (got {self.conditioning!r})")
-        positive = {"learning_rate": self.learning_rate, "batch_size": self.batch_size, "epochs": self.epochs,
-                    "gradient_accumulation_steps": self.gradient_accumulation_steps,
-                    "max_nonfinite_steps": self.max_nonfinite_steps}  # fmt: skip
+        positive = {
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "max_nonfinite_steps": self.max_nonfinite_steps,
+        }
         for name, value in positive.items():
             if not value > 0:
                 raise UserError(f"{name.replace('_', '-')} must be > 0 (got {value})")
@@ -172,9 +175,10 @@ class Run:
     batches_per_epoch: int
 
 
-def setup(config: TrainConfig) -> Run:
+def setup(config: TrainConfig, components: Any = None) -> Run:
+    """Build everything ``fit`` needs; ``components`` replaces loading ``config.model`` (benchmarks use it)."""
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
     from humanfix.data.dataset import EpochSampler, PreparedDataset
@@ -194,7 +198,8 @@ def setup(config: TrainConfig) -> Run:
     )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
-    components = load_components(config.model, config.model_config)
+    components = components or load_components(config.model, config.model_config)
+    set_seed(config.seed)  # the branch's fresh layers (its conditioning embedding) are drawn from the seed
     controlnet = make_controlnet(components.unet, config.controlnet)
     for frozen in (components.vae, components.unet, components.text_encoder):
         frozen.requires_grad_(False)
@@ -204,6 +209,8 @@ def setup(config: TrainConfig) -> Run:
     if config.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
         components.unet.enable_gradient_checkpointing()
+    if config.objective.perceptual and config.objective.decoder_checkpointing:
+        components.vae.enable_gradient_checkpointing()  # only the decoder ever runs with gradients
 
     optimizer_cls = torch.optim.AdamW
     if config.use_8bit_adam:
@@ -239,8 +246,19 @@ def setup(config: TrainConfig) -> Run:
         log.warning("perceptual networks have RANDOM weights (--perceptual-weights random): for tests and demos only")
     if accelerator.is_main_process and config.log_with:
         accelerator.init_trackers("humanfix", config=_flat_hparams(config))
-    return Run(config, accelerator, components, controlnet, optimizer, lr_scheduler, objective, dataset,
-               weight_dtype, total_steps, batches_per_epoch)  # fmt: skip
+    return Run(
+        config,
+        accelerator,
+        components,
+        controlnet,
+        optimizer,
+        lr_scheduler,
+        objective,
+        dataset,
+        weight_dtype,
+        total_steps,
+        batches_per_epoch,
+    )
 
 
 def _flat_hparams(config: TrainConfig) -> dict[str, Any]:
@@ -357,10 +375,15 @@ def fit(run: Run) -> dict[str, Any]:
     micro = step * cfg.gradient_accumulation_steps
     last: dict[str, Any] = {}
     progress = Progress(
-        TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not acc.is_main_process, transient=False,
-    )  # fmt: skip
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not acc.is_main_process,
+        transient=False,
+    )
     images_per_update = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
     with progress:
         task = progress.add_task("train", total=run.total_steps, completed=step, info="")
@@ -396,16 +419,25 @@ def fit(run: Run) -> dict[str, Any]:
                 step += 1
                 state["step"] = step
                 now = time.perf_counter()
-                last = {"step": step, "epoch": epoch, **_gathered_terms(acc, out), "skipped": not finite,
-                        "lr": run.lr_scheduler.get_last_lr()[0], "images_per_s": images_per_update / (now - tick),
-                        "peak_memory_gb": peak_memory_gb(acc.device), "nonfinite_total": state["nonfinite_total"]}  # fmt: skip
+                last = {
+                    "step": step,
+                    "epoch": epoch,
+                    **_gathered_terms(acc, out),
+                    "skipped": not finite,
+                    "lr": run.lr_scheduler.get_last_lr()[0],
+                    "images_per_s": images_per_update / (now - tick),
+                    "peak_memory_gb": peak_memory_gb(acc.device),
+                    "nonfinite_total": state["nonfinite_total"],
+                }
                 tick = now
                 if acc.is_main_process:  # absent terms (NaN) are written as null: strict JSON
                     with metrics_path.open("a") as f:
                         f.write(json.dumps({k: None if v != v else v for k, v in last.items()}) + "\n")
                 if cfg.log_with:
                     acc.log({k: v for k, v in last.items() if isinstance(v, (int, float)) and v == v}, step=step)
-                progress.update(task, completed=step, info=f"loss {last['loss']:.4f} · {last['images_per_s']:.2f} img/s")
+                progress.update(
+                    task, completed=step, info=f"loss {last['loss']:.4f} · {last['images_per_s']:.2f} img/s"
+                )
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     save_checkpoint(run, state)
                 if cfg.validate_every and step % cfg.validate_every == 0:
@@ -512,10 +544,16 @@ def validate(run: Run, step: int) -> list[Path]:
         return []
     c, cfg = run.components, run.config
     pipe = StableDiffusionControlNetPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-        controlnet=acc.unwrap_model(run.controlnet), scheduler=_inference_scheduler(c),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=c.vae,
+        text_encoder=c.text_encoder,
+        tokenizer=c.tokenizer,
+        unet=c.unet,
+        controlnet=acc.unwrap_model(run.controlnet),
+        scheduler=_inference_scheduler(c),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     cond = run.dataset[0]["conditioning"][None].to(acc.device, dtype=run.weight_dtype)
     folder = Path(cfg.output) / "validation" / f"step-{step:08d}"
@@ -524,8 +562,14 @@ def validate(run: Run, step: int) -> list[Path]:
     with torch.no_grad(), acc.autocast():
         for k, prompt in enumerate(cfg.validation_prompts):
             g = torch.Generator(device=acc.device).manual_seed(cfg.seed + k)
-            image = pipe(prompt, image=cond, num_inference_steps=cfg.validation_steps, generator=g,
-                         height=run.dataset.height, width=run.dataset.width).images[0]  # fmt: skip
+            image = pipe(
+                prompt,
+                image=cond,
+                num_inference_steps=cfg.validation_steps,
+                generator=g,
+                height=run.dataset.height,
+                width=run.dataset.width,
+            ).images[0]
             path = folder / f"{k:02d}.png"
             image.save(path)
             paths.append(path)

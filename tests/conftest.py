@@ -90,10 +90,18 @@ def write_prepared_split(split_dir: Path, n: int = 3, size: int = 64, seed: int 
         kp = [[float(p[0] + (p[2] - p[0]) * (k % 3) / 2), float(p[1] + (p[3] - p[1]) * k / 17), 2.0] for k in range(17)]
         records.append(
             Record(
-                file_name=f"images/{cid}.jpg", mask_file_name=f"masks/{cid}.png",
-                text=[f"a person number {i}", "someone standing"], person_boxes=[p], face_boxes=[face],
-                face_sources=["keypoints"], keypoints=[kp], coverage=0.375, coco_id=cid, width=size, height=size,
-            )  # fmt: skip
+                file_name=f"images/{cid}.jpg",
+                mask_file_name=f"masks/{cid}.png",
+                text=[f"a person number {i}", "someone standing"],
+                person_boxes=[p],
+                face_boxes=[face],
+                face_sources=["keypoints"],
+                keypoints=[kp],
+                coverage=0.375,
+                coco_id=cid,
+                width=size,
+                height=size,
+            )
         )
     write_records(split_dir, records)
     return split_dir

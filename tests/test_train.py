@@ -29,9 +29,19 @@ def fresh_accelerate_state():
 
 
 def config(data, output, **kw):
-    objective = kw.pop("objective", {"lambda_lpips": 0.6, "lambda_face": 0.4, "timestep_threshold": 1000})
-    values = dict(model="tiny", data=data, split="val", batch_size=2, seed=0, output=output, checkpoint_every=2,
-                  max_steps=4, objective=objective)  # fmt: skip
+    # L_lpips only by default: the face network is the slowest part of a tiny step.
+    objective = kw.pop("objective", {"lambda_lpips": 0.6, "timestep_threshold": 1000})
+    values = dict(
+        model="tiny",
+        data=data,
+        split="val",
+        batch_size=2,
+        seed=0,
+        output=output,
+        checkpoint_every=2,
+        max_steps=4,
+        objective=objective,
+    )
     values.update(kw)
     return build_config(TrainConfig, None, **values)
 
@@ -42,7 +52,8 @@ def zero_convs(state):
 
 def test_a_few_steps_write_every_output(prepared_set, tmp_path):
     out = tmp_path / "run"
-    branch = train(config(prepared_set, out))
+    objective = {"lambda_lpips": 0.6, "lambda_face": 0.4, "timestep_threshold": 1000}
+    branch = train(config(prepared_set, out, objective=objective))
     assert branch == out / "controlnet"
     assert (branch / "config.json").is_file() and (branch / "diffusion_pytorch_model.safetensors").is_file()
     meta = json.loads((branch / "humanfix.json").read_text())
@@ -51,19 +62,30 @@ def test_a_few_steps_write_every_output(prepared_set, tmp_path):
     assert saved["objective"]["lambda_lpips"] == 0.6 and saved["model"] == "tiny"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    for key in ("loss", "loss_ldm", "loss_lpips", "loss_face", "gated_fraction", "lr", "images_per_s", "peak_memory_gb"):
+    for key in (
+        "loss",
+        "loss_ldm",
+        "loss_lpips",
+        "loss_face",
+        "gated_fraction",
+        "lr",
+        "images_per_s",
+        "peak_memory_gb",
+    ):
         assert all(r[key] is not None for r in rows), key
     assert all(r["gated_fraction"] == 1.0 for r in rows)
     assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002", "step-00000004"]
     # The resolved config reloads into the same config.
     again = build_config(TrainConfig, out / "training_config.toml")
-    assert again == config(prepared_set, out)
+    assert again == config(prepared_set, out, objective=objective)
 
 
 def test_perceptual_terms_alone_move_the_zero_convolutions(prepared_set, tmp_path):
     objective = {"lambda_lpips": 0.5, "lambda_face": 0.5, "timestep_threshold": 1000}
     branch = train(config(prepared_set, tmp_path / "run", objective=objective, max_steps=2, checkpoint_every=0))
-    moved = sum(v.abs().sum().item() for v in zero_convs(load_file(branch / "diffusion_pytorch_model.safetensors")).values())
+    moved = sum(
+        v.abs().sum().item() for v in zero_convs(load_file(branch / "diffusion_pytorch_model.safetensors")).values()
+    )
     assert moved > 0
 
 
@@ -138,8 +160,15 @@ def test_saved_branch_generates_through_plain_diffusers(prepared_set, tmp_path, 
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
         tiny_model, controlnet=cn, safety_checker=None, requires_safety_checker=False
     )
-    image = pipe("a person", image=torch.zeros(1, 3, 64, 64), num_inference_steps=2, height=64, width=64,
-                 output_type="np", generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    image = pipe(
+        "a person",
+        image=torch.zeros(1, 3, 64, 64),
+        num_inference_steps=2,
+        height=64,
+        width=64,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 64, 64, 3) and float(image.std()) > 0
 
 
@@ -151,8 +180,17 @@ def test_pose_and_mask_conditioning_train_and_are_saved(prepared_set, tmp_path, 
 
 def test_validation_images_are_written(prepared_set, tmp_path):
     out = tmp_path / "run"
-    train(config(prepared_set, out, max_steps=2, checkpoint_every=0, validate_every=2,
-                 validation_prompts=("a skier",), validation_steps=2))  # fmt: skip
+    train(
+        config(
+            prepared_set,
+            out,
+            max_steps=2,
+            checkpoint_every=0,
+            validate_every=2,
+            validation_prompts=("a skier",),
+            validation_steps=2,
+        )
+    )
     assert (out / "validation" / "step-00000002" / "00.png").is_file()
 
 
@@ -181,23 +219,60 @@ def test_empty_set_and_foreign_branch_are_user_errors(prepared_set, tmp_path):
         train(config(tmp_path / "empty", tmp_path / "run"))
     AcceleratorStateReset()
     foreign = tmp_path / "foreign"
-    ControlNetModel(block_out_channels=(16, 32), cross_attention_dim=16, down_block_types=("CrossAttnDownBlock2D",
-                    "DownBlock2D"), norm_num_groups=8, attention_head_dim=4).save_pretrained(foreign)  # fmt: skip
+    ControlNetModel(
+        block_out_channels=(16, 32),
+        cross_attention_dim=16,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=4,
+    ).save_pretrained(foreign)
     with pytest.raises(UserError, match="does not fit"):
         train(config(prepared_set, tmp_path / "run2", controlnet=foreign))
 
 
 def test_cli_train_end_to_end(prepared_set, tmp_path, humanfix_cli):
     toml = tmp_path / "train.toml"
-    toml.write_text('max_steps = 1\n[objective]\nlambda_lpips = 0.3\n')
-    code, out, err = humanfix_cli(["train", "--config", toml, "--model", "tiny", "--data", prepared_set, "--split",
-                                   "val", "--batch-size", "2", "--lambda-face", "0.2", "--output", tmp_path / "run"])  # fmt: skip
+    toml.write_text("max_steps = 1\n[objective]\nlambda_lpips = 0.3\n")
+    code, out, err = humanfix_cli(
+        [
+            "train",
+            "--config",
+            toml,
+            "--model",
+            "tiny",
+            "--data",
+            prepared_set,
+            "--split",
+            "val",
+            "--batch-size",
+            "2",
+            "--lambda-face",
+            "0.2",
+            "--output",
+            tmp_path / "run",
+        ]
+    )
     assert code == 0, err
     assert "branch saved" in out
     saved = tomllib.loads((tmp_path / "run" / "training_config.toml").read_text())
     assert saved["objective"]["lambda_lpips"] == 0.3 and saved["objective"]["lambda_face"] == 0.2
-    code, _, err = humanfix_cli(["train", "--model", "tiny", "--data", prepared_set, "--split", "val",
-                                 "--lambda-lpips", "0.8", "--lambda-face", "0.5", "--output", tmp_path / "bad"])  # fmt: skip
+    code, _, err = humanfix_cli(
+        [
+            "train",
+            "--model",
+            "tiny",
+            "--data",
+            prepared_set,
+            "--split",
+            "val",
+            "--lambda-lpips",
+            "0.8",
+            "--lambda-face",
+            "0.5",
+            "--output",
+            tmp_path / "bad",
+        ]
+    )
     assert code == 2 and "Traceback" not in err and "<= 1" in err
 
 
@@ -205,14 +280,45 @@ def test_cli_train_end_to_end(prepared_set, tmp_path, humanfix_cli):
 def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp_path, tiny_model):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
-           "-m", "humanfix.cli", "train", "--model", "tiny", "--data", str(prepared_set), "--split", "val",
-           "--batch-size", "1", "--max-steps", "3", "--lambda-lpips", "0.5", "--timestep-threshold", "1000",
-           "--checkpoint-every", "2", "--output", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29561",
+        "-m",
+        "humanfix.cli",
+        "train",
+        "--model",
+        "tiny",
+        "--data",
+        str(prepared_set),
+        "--split",
+        "val",
+        "--batch-size",
+        "1",
+        "--max-steps",
+        "3",
+        "--lambda-lpips",
+        "0.5",
+        "--timestep-threshold",
+        "1000",
+        "--checkpoint-every",
+        "2",
+        "--output",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "rank 0/2 finished at step 3" in r.stderr and "rank 1/2 finished at step 3" in r.stderr
     assert r.stdout.count("branch saved") == 1
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # one writer, no duplicated lines
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "controlnet", "metrics.jsonl", "training_config.toml"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "controlnet",
+        "metrics.jsonl",
+        "training_config.toml",
+    ]

@@ -15,15 +15,36 @@ from PIL import Image, ImageDraw
 
 # COCO's 17 keypoints: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles (1-based pairs below).
 COCO_SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
-    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)  # fmt: skip
+    (16, 14),
+    (14, 12),
+    (17, 15),
+    (15, 13),
+    (12, 13),
+    (6, 12),
+    (7, 13),
+    (6, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (9, 11),
+    (2, 3),
+    (1, 2),
+    (1, 3),
+    (2, 4),
+    (3, 5),
+    (4, 6),
+    (5, 7),
+)
 # One colour per limb, OpenPose-style hues around the wheel.
 LIMB_COLOURS = tuple(
-    tuple(int(c) for c in np.array(Image.new("HSV", (1, 1), (int(255 * i / len(COCO_SKELETON)), 255, 255))
-                                   .convert("RGB")).reshape(3))
+    tuple(
+        int(c)
+        for c in np.array(
+            Image.new("HSV", (1, 1), (int(255 * i / len(COCO_SKELETON)), 255, 255)).convert("RGB")
+        ).reshape(3)
+    )
     for i in range(len(COCO_SKELETON))
-)  # fmt: skip
+)
 
 
 def blank(height: int, width: int) -> torch.Tensor:

@@ -85,8 +85,9 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     Data order depends only on (seed, epoch, rank, world size), so resuming at any step replays it exactly.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                 skip_batches: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, skip_batches: int = 0
+    ) -> None:
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.rank, self.world, self.skip = rank, world, skip_batches
 

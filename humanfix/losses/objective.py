@@ -54,6 +54,8 @@ class ObjectiveConfig:
     decode_region: str = "boxes"
     # Latent pixels added around the boxes' window when decode_region = "boxes".
     decode_margin: int = 8
+    # Recompute the decoder's activations in the backward pass instead of keeping them (saves memory).
+    decoder_checkpointing: bool = True
     # Explicit weight files (default: where weights.py says they belong).
     vgg_weights: Path | None = None
     facenet_weights: Path | None = None

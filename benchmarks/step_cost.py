@@ -1,0 +1,342 @@
+"""What a training step with the perceptual terms costs against a plain step, on the full SD 1.5 architecture.
+
+The models are SD 1.5's UNet, VAE and CLIP text encoder built from their configs with random weights
+(nothing is downloaded) plus a ControlNet branch copied from the UNet; only the branch trains.
+Each mode runs in its own process so that its peak RSS is its own:
+
+- ``plain``: humanfix's training step with λ1 = λ2 = 0 (no decode);
+- ``perceptual``: humanfix's step with λ1 = 0.2, λ2 = 0.5 and T = 1000, so every sample is gated in;
+- ``diffusers``: the step as diffusers' ``examples/controlnet/train_controlnet.py`` writes it, same models.
+
+Each process builds the models, runs ``--warmup`` steps, then times ``--steps`` full updates (forward,
+backward, optimizer step). The standard scene at 512²: one person box of 240×384 px (35% of the frame,
+mask = box) with one 48×48 face; ``--persons N`` places N such persons side by side (narrower when needed).
+The last line printed is JSON.
+
+    python benchmarks/step_cost.py                         # the standard scene, 512², CPU fp32
+    python benchmarks/step_cost.py --resolution 256 --persons 2
+    python benchmarks/step_cost.py --model tiny --resolution 64   # a smoke test in seconds
+    python benchmarks/step_cost.py --measure-region-error  # box-window decode vs full decode
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def scene_boxes(resolution: int, persons: int, faces: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Person boxes (240×384 at 512², scaled) side by side, and a face box (48² at 512²) atop the first ``faces``."""
+    s = resolution / 512
+    height = round(384 * s)
+    width = min(round(240 * s), resolution // persons - 8)
+    gap = (resolution - persons * width) // (persons + 1)
+    top = (resolution - height) // 2
+    person_boxes, face_boxes = [], []
+    for k in range(persons):
+        x0 = gap + k * (width + gap)
+        person_boxes.append([x0, top, x0 + width, top + height])
+        if k < faces:
+            f = round(48 * s)
+            fx = x0 + (width - f) // 2
+            face_boxes.append([fx, top + round(8 * s), fx + f, top + round(8 * s) + f])
+    return person_boxes, face_boxes
+
+
+def write_scene(folder: Path, resolution: int, persons: int, faces: int) -> Path:
+    """A one-image prepared split with the scene's boxes; returns the data folder."""
+    import numpy as np
+    from PIL import Image
+
+    from humanfix.data.records import Record, write_records
+
+    split = folder / "val"
+    (split / "images").mkdir(parents=True)
+    (split / "masks").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)).save(split / "images/1.jpg")
+    person_boxes, face_boxes = scene_boxes(resolution, persons, faces)
+    mask = np.zeros((resolution, resolution), np.uint8)
+    for x0, y0, x1, y1 in person_boxes:
+        mask[y0:y1, x0:x1] = 255
+    Image.fromarray(mask).save(split / "masks/1.png")
+    kp = [[[float(b[0]), float(b[1]), 0.0]] * 17 for b in person_boxes]
+    write_records(
+        split,
+        [
+            Record(
+                file_name="images/1.jpg",
+                mask_file_name="masks/1.png",
+                text=["a person standing"],
+                person_boxes=person_boxes,
+                face_boxes=face_boxes,
+                face_sources=["keypoints"] * len(face_boxes),
+                keypoints=kp,
+                coverage=float(mask.mean() / 255),
+                coco_id=1,
+                width=resolution,
+                height=resolution,
+            )
+        ],
+    )
+    return folder
+
+
+def sd15_components(dtype: torch.dtype):
+    """SD 1.5's architecture from its configs, random weights; the tokenizer is the tiny model's (ids < 49408)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from humanfix.models.pipeline import SDComponents
+    from humanfix.models.tiny import ensure_tiny_model
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768
+        )
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(ensure_tiny_model() / "tokenizer")
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    return SDComponents(tokenizer, text, vae, unet, sched, "sd15-random", False)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    from humanfix.config import build_config
+    from humanfix.train import TrainConfig, compute_loss, setup, step_generator
+
+    lambdas = {"plain": (0.0, 0.0)}.get(args.mode, (0.2, 0.5))
+    objective = {
+        "lambda_lpips": lambdas[0],
+        "lambda_face": lambdas[1],
+        "timestep_threshold": 1000,
+        "perceptual_weights": "random",
+        "decode_region": args.decode_region,
+        "decode_margin": args.decode_margin,
+        "decoder_checkpointing": args.decoder_checkpointing,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_scene(Path(tmp) / "data", args.resolution, args.persons, args.faces)
+        cfg = build_config(
+            TrainConfig,
+            None,
+            model=args.model,
+            data=data,
+            split="val",
+            output=Path(tmp) / "out",
+            batch_size=1,
+            gradient_checkpointing=True,
+            mixed_precision=args.mixed_precision,
+            objective=objective,
+        )
+        components = sd15_components(torch.float32) if args.model == "sd15" else None
+        run = setup(cfg, components)
+        batch = next(iter(torch.utils.data.DataLoader(run.dataset, batch_size=1, collate_fn=_collate())))
+        step = diffusers_step if args.mode == "diffusers" else humanfix_step
+        times = []
+        for k in range(args.warmup + args.steps):
+            t0 = time.perf_counter()
+            step(run, batch, step_generator(cfg, k, k, 0, run.accelerator.device), compute_loss)
+            if run.accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    device = run.accelerator.device
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) / 1e9
+    timed = times[args.warmup :]
+    return {"mode": args.mode, "step_s": sum(timed) / len(timed), "times": timed, "peak_gb": peak}
+
+
+def _collate():
+    from humanfix.data.dataset import collate
+
+    return collate
+
+
+def humanfix_step(run, batch, g, compute_loss) -> None:
+    out = compute_loss(run, batch, g)
+    run.accelerator.backward(out.total)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def diffusers_step(run, batch, g, _compute_loss) -> None:
+    """The step of diffusers' examples/controlnet/train_controlnet.py, line for line, on the same models."""
+    import torch.nn.functional as F
+
+    c, acc, weight_dtype = run.components, run.accelerator, run.weight_dtype
+    vae, text_encoder, unet, controlnet, noise_scheduler = (
+        c.vae,
+        c.text_encoder,
+        c.unet,
+        run.controlnet,
+        c.noise_scheduler,
+    )
+    input_ids = c.tokenizer(
+        [caps[0] for caps in batch["captions"]],
+        max_length=c.tokenizer.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(acc.device)
+    with acc.accumulate(controlnet):
+        latents = vae.encode(batch["pixel_values"].to(acc.device, dtype=weight_dtype)).latent_dist.sample()
+        latents = latents * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        bsz = latents.shape[0]
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device).long()
+        noisy_latents = noise_scheduler.add_noise(latents.float(), noise.float(), timesteps).to(dtype=weight_dtype)
+        encoder_hidden_states = text_encoder(input_ids, return_dict=False)[0]
+        controlnet_image = batch["conditioning"].to(acc.device, dtype=weight_dtype)
+        down_block_res_samples, mid_block_res_sample = controlnet(
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=controlnet_image,
+            return_dict=False,
+        )
+        model_pred = unet(
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states=encoder_hidden_states,
+            down_block_additional_residuals=[sample.to(dtype=weight_dtype) for sample in down_block_res_samples],
+            mid_block_additional_residual=mid_block_res_sample.to(dtype=weight_dtype),
+            return_dict=False,
+        )[0]
+        loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
+        acc.backward(loss)
+        if acc.sync_gradients:
+            acc.clip_grad_norm_(controlnet.parameters(), 1.0)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+
+def measure_region_error(args: argparse.Namespace) -> dict:
+    """Decode random latents fully and through the box window at several margins; error inside the person box."""
+    from humanfix.losses.decode import decode_for_loss
+
+    vae = sd15_components(torch.float32).vae if args.model == "sd15" else _tiny_vae()
+    vae.requires_grad_(False)
+    res = args.resolution
+    person_boxes, face_boxes = scene_boxes(res, args.persons, args.faces)
+    boxes = torch.tensor(person_boxes + face_boxes, dtype=torch.float32)
+    latents = torch.randn(1, 4, res // 8, res // 8, generator=torch.Generator().manual_seed(0))
+    inside = torch.zeros(res, res, dtype=torch.bool)
+    for x0, y0, x1, y1 in person_boxes:
+        inside[y0:y1, x0:x1] = True
+    with torch.no_grad():
+        full = decode_for_loss(vae, latents, [boxes], "full")[0]
+        scale = full[:, inside].abs().mean().item()
+        rows = {}
+        for margin in args.margins:
+            t0 = time.perf_counter()
+            part = decode_for_loss(vae, latents, [boxes], "boxes", margin)[0]
+            err = (part - full)[:, inside].abs()
+            rows[margin] = {
+                "max_abs": err.max().item(),
+                "mean_abs": err.mean().item(),
+                "mean_rel": err.mean().item() / scale,
+                "decode_s": time.perf_counter() - t0,
+            }
+    return {"resolution": res, "mean_abs_full_inside": scale, "margins": rows}
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    from humanfix.models.tiny import ensure_tiny_model
+
+    return AutoencoderKL.from_pretrained(ensure_tiny_model() / "vae")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--persons", type=int, default=1)
+    ap.add_argument("--faces", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--model", default="sd15", choices=["sd15", "tiny"])
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per mode")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--modes", default="plain,perceptual,diffusers")
+    ap.add_argument("--decode-region", default="boxes", choices=["boxes", "full"])
+    ap.add_argument("--decode-margin", type=int, default=8)
+    ap.add_argument("--decoder-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--measure-region-error", action="store_true")
+    ap.add_argument("--margins", type=int, nargs="+", default=[0, 2, 4, 8, 16])
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.mixed_precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if args.measure_region_error:
+        print(json.dumps(measure_region_error(args)))
+        return
+    if args.mode:  # a worker process
+        print(json.dumps(worker(args)))
+        return
+    results = {}
+    for mode in args.modes.split(","):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+        if proc.returncode:
+            sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(
+            f"{mode:>10}: {results[mode]['step_s']:.3f} s/step, peak {results[mode]['peak_gb']:.2f} GB", file=sys.stderr
+        )
+    summary = {
+        "resolution": args.resolution,
+        "persons": args.persons,
+        "faces": args.faces,
+        "device": args.device,
+        "dtype": args.dtype,
+        "model": args.model,
+        "decode_region": args.decode_region,
+        "decode_margin": args.decode_margin,
+        "decoder_checkpointing": args.decoder_checkpointing,
+    }
+    if "plain" in results and "perceptual" in results:
+        p, q = results["plain"], results["perceptual"]
+        summary.update(
+            plain_s=p["step_s"],
+            perceptual_s=q["step_s"],
+            time_ratio=q["step_s"] / p["step_s"],
+            plain_peak_gb=p["peak_gb"],
+            perceptual_peak_gb=q["peak_gb"],
+            peak_delta_gb=q["peak_gb"] - p["peak_gb"],
+        )
+    if "plain" in results and "diffusers" in results:
+        summary.update(
+            diffusers_s=results["diffusers"]["step_s"],
+            plain_vs_diffusers=results["plain"]["step_s"] / results["diffusers"]["step_s"],
+        )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
