@@ -62,11 +62,11 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _variants(width: int, height: int):
-    """(suffix, transform of a point, crop box or None, mirror) for the three copies of a photo."""
+    """(transform of a point, crop box or None, mirror) for the three copies of a photo: as is, mirrored, cropped."""
     crop = (40, 0, width - 40, height - 60)  # off-centre: 432×452
-    yield "", lambda x, y: (x, y), None, False
-    yield "mirrored", lambda x, y: (width - 1 - x, y), None, True
-    yield "crop", lambda x, y: (x - crop[0], y - crop[1]), crop, False
+    yield lambda x, y: (x, y), None, False
+    yield lambda x, y: (width - 1 - x, y), None, True
+    yield lambda x, y: (x - crop[0], y - crop[1]), crop, False
 
 
 def write_sample_coco(out: str | Path) -> Path:
@@ -79,7 +79,7 @@ def write_sample_coco(out: str | Path) -> Path:
     for name, person in PEOPLE.items():
         photo = _photo(name)
         height, width = photo.shape[:2]
-        for suffix, move, crop, mirror in _variants(width, height):
+        for move, crop, mirror in _variants(width, height):
             image_id += 1
             im = Image.fromarray(photo)
             if mirror:
