@@ -9,7 +9,6 @@ summarised on their own or alongside. Results: ``OUTPUT/metrics.json`` (and ``ra
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,6 @@ import torch
 from humanfix.errors import UserError
 from humanfix.evaluate.faces import DEFAULT_CLIP
 from humanfix.evaluate.fid import FEW_IMAGES, MODES
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,7 +171,6 @@ def _measure(config: EvaluateConfig, groups: dict, real_files: list[Path] | None
             real_feats, source = features(real_files, "real"), str(config.real)
             if config.save_stats:
                 metrics["saved_stats"] = str(M.save_stats(config.save_stats, real_feats, ext, source))
-                log.info("real features saved as %r: %s", config.save_stats, metrics["saved_stats"])
         else:
             real_feats, source = M.load_stats(config.real_stats, ext)
             source = f"{source} (saved statistics {config.real_stats!r})"
