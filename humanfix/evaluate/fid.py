@@ -171,6 +171,8 @@ def array_features(images: Sequence[np.ndarray], extractor: Extractor, batch_siz
     from cleanfid.resize import build_resizer
 
     resize, to_tensor = build_resizer(extractor.mode), torchvision.transforms.ToTensor()
+    if extractor.mode == "legacy_tensorflow":  # the network resizes: images of different sizes go one by one
+        batch_size = 1
 
     def prep(img: np.ndarray) -> torch.Tensor:  # the body of clean-fid's ResizeDataset.__getitem__
         r = resize(img)

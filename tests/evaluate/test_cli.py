@@ -137,3 +137,19 @@ def test_missing_default_weights_say_where_they_go(tmp_path, humanfix_cli, noise
         ["evaluate", "--fid", "--generated", good, "--real", good, "--output", tmp_path / "o"]
     )
     assert code == 2 and f"place it at {tmp_path / 'inception-2015-12-05.pt'}" in stderr
+
+
+def test_toml_config_gives_the_same_options(tmp_path, humanfix_cli, noise_folder, fake_inception):
+    a, b = noise_folder(tmp_path / "a", n=3), noise_folder(tmp_path / "b", n=3, seed=1, mean=90)
+    cfg = tmp_path / "eval.toml"
+    cfg.write_text(
+        f'generated = ["{a}"]\nreal = "{b}"\nfid = true\ninception_weights = "{fake_inception}"\n'
+        f'output = "{tmp_path / "out"}"\n'
+    )
+    code, _, stderr = humanfix_cli(["evaluate", "--config", cfg, "--kid"])
+    assert code == 0, stderr
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["fid"] > 0 and "kid" in m and m["n_generated"] == m["n_real"] == 3
+    cfg.write_text('generated = ["x"]\nfidd = true\n')
+    code, _, stderr = humanfix_cli(["evaluate", "--config", cfg])
+    assert code == 2 and "unknown EvaluateConfig option(s): fidd" in stderr

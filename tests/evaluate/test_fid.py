@@ -59,6 +59,9 @@ def test_legacy_tensorflow_mode_runs_and_differs(tmp_path, noise_folder, fake_in
     clean = M.image_features(list_images(folder), M.load_inception(fake_inception, "clean", CPU))
     legacy = M.image_features(list_images(folder), M.load_inception(fake_inception, "legacy_tensorflow", CPU))
     assert legacy.shape == clean.shape and not np.allclose(legacy, clean)
+    crops = [np.zeros((40, 30, 3), np.uint8), np.full((25, 25, 3), 200, np.uint8)]  # face crops differ in size
+    for mode in M.MODES:
+        assert M.array_features(crops, M.load_inception(fake_inception, mode, CPU)).shape == (2, 2048)
 
 
 def test_bootstrap_interval_contains_the_estimate_and_is_reproducible():
