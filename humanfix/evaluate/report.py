@@ -406,6 +406,7 @@ _TEMPLATE = r"""<!doctype html>
     const p = pairs[pos];
     choices[p.pair] = { choice: choice, time: new Date().toISOString() };
     save();
+    if (document.activeElement && document.activeElement.blur) document.activeElement.blur();  // space = tie only
     const next = firstOpen(pos + 1);
     pos = next;
     render();
