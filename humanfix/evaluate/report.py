@@ -299,10 +299,10 @@ _TEMPLATE = r"""<!doctype html>
   .loose figcaption { font-size: 11px; color: #666; overflow-wrap: anywhere; }
   #ab .pair { display: flex; gap: 1em; justify-content: center; }
   #ab .side { flex: 1 1 0; max-width: 48vw; text-align: center; }
-  #ab .side img { width: 100%; max-width: 768px; max-height: 72vh; object-fit: contain;
+  #ab .side img { width: 100%; max-width: 768px; max-height: 66vh; object-fit: contain;
                   border: 3px solid transparent; }
   #ab .side img.picked { border-color: #2a6df4; }
-  #ab .buttons { text-align: center; margin: 1em 0; }
+  #ab .buttons { text-align: center; margin: .6em 0; }
   #ab .buttons button { font-size: 16px; padding: .4em 1.2em; margin: 0 .3em; }
   #ab-prompt { text-align: center; font-size: 16px; margin: .6em auto; max-width: 60em; }
   #ab-progress { text-align: center; color: #444; }
@@ -337,14 +337,14 @@ _TEMPLATE = r"""<!doctype html>
   <div id="ab-main">
     <p id="ab-progress"></p>
     <p id="ab-prompt" class="text"></p>
-    <div class="pair">
-      <div class="side"><img id="ab-left" alt="left image"></div>
-      <div class="side"><img id="ab-right" alt="right image"></div>
-    </div>
     <div class="buttons">
       <button id="choose-left" type="button">← Left is better</button>
       <button id="choose-tie" type="button">Tie</button>
       <button id="choose-right" type="button">Right is better →</button>
+    </div>
+    <div class="pair">
+      <div class="side"><img id="ab-left" alt="left image"></div>
+      <div class="side"><img id="ab-right" alt="right image"></div>
     </div>
     <div class="buttons">
       <button id="ab-back" type="button">Back</button>
