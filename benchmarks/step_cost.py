@@ -123,7 +123,7 @@ def worker(args: argparse.Namespace) -> dict:
     from humanfix.config import build_config
     from humanfix.train import TrainConfig, compute_loss, setup, step_generator
 
-    lambdas = {"plain": (0.0, 0.0)}.get(args.mode, (0.2, 0.5))
+    lambdas = (0.2, 0.5) if args.mode == "perceptual" else (0.0, 0.0)
     objective = {
         "lambda_lpips": lambdas[0],
         "lambda_face": lambdas[1],
@@ -150,22 +150,32 @@ def worker(args: argparse.Namespace) -> dict:
         components = sd15_components(torch.float32) if args.model == "sd15" else None
         run = setup(cfg, components)
         batch = next(iter(torch.utils.data.DataLoader(run.dataset, batch_size=1, collate_fn=_collate())))
-        step = diffusers_step if args.mode == "diffusers" else humanfix_step
-        times = []
+        # "interleaved" alternates humanfix's plain step and the diffusers step in one process: the fairest
+        # timing of the two (same models, same memory state, same machine load); its peak RSS is shared.
+        steps = {"diffusers": [diffusers_step], "interleaved": [humanfix_step, diffusers_step]}.get(
+            args.mode, [humanfix_step]
+        )
+        times: dict[str, list[float]] = {step.__name__: [] for step in steps}
         for k in range(args.warmup + args.steps):
-            t0 = time.perf_counter()
-            step(run, batch, step_generator(cfg, k, k, 0, run.accelerator.device), compute_loss)
-            if run.accelerator.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
+            for step in steps:
+                t0 = time.perf_counter()
+                step(run, batch, step_generator(cfg, k, k, 0, run.accelerator.device), compute_loss)
+                if run.accelerator.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times[step.__name__].append(time.perf_counter() - t0)
     device = run.accelerator.device
     peak = (
         torch.cuda.max_memory_allocated(device)
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ) / 1e9
-    timed = times[args.warmup :]
-    return {"mode": args.mode, "step_s": sum(timed) / len(timed), "times": timed, "peak_gb": peak}
+    result = {"mode": args.mode, "peak_gb": peak}
+    for name, values in times.items():
+        timed = values[args.warmup :]
+        result[name] = {"step_s": sum(timed) / len(timed), "times": timed}
+    first = next(iter(times))
+    result["step_s"] = result[first]["step_s"]
+    return result
 
 
 def _collate():
@@ -282,10 +292,10 @@ def main() -> None:
     ap.add_argument("--model", default="sd15", choices=["sd15", "tiny"])
     ap.add_argument("--steps", type=int, default=2, help="timed steps per mode")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--modes", default="plain,perceptual,diffusers")
+    ap.add_argument("--modes", default="plain,perceptual,diffusers", help="plain, perceptual, diffusers, interleaved")
     ap.add_argument("--decode-region", default="boxes", choices=["boxes", "full"])
     ap.add_argument("--decode-margin", type=int, default=8)
-    ap.add_argument("--decoder-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--decoder-checkpointing", default="top", choices=["none", "top", "all"])
     ap.add_argument("--measure-region-error", action="store_true")
     ap.add_argument("--margins", type=int, nargs="+", default=[0, 2, 4, 8, 16])
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -329,6 +339,13 @@ def main() -> None:
             plain_peak_gb=p["peak_gb"],
             perceptual_peak_gb=q["peak_gb"],
             peak_delta_gb=q["peak_gb"] - p["peak_gb"],
+        )
+    if "interleaved" in results:
+        r = results["interleaved"]
+        summary.update(
+            interleaved_humanfix_s=r["humanfix_step"]["step_s"],
+            interleaved_diffusers_s=r["diffusers_step"]["step_s"],
+            plain_vs_diffusers_interleaved=r["humanfix_step"]["step_s"] / r["diffusers_step"]["step_s"],
         )
     if "plain" in results and "diffusers" in results:
         summary.update(

@@ -249,6 +249,7 @@ def train(
     validate_every: Annotated[int | None, typer.Option(help="Validation images every N updates.")] = None,
     validation_prompt: Annotated[list[str] | None, typer.Option(help="A validation prompt (repeatable).")] = None,
     log_with: Annotated[str | None, typer.Option(help="tensorboard, to log there too.")] = None,
+    max_nonfinite_steps: Annotated[int | None, typer.Option(help="Stop after N non-finite losses in a row.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default 0).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
@@ -275,7 +276,8 @@ def train(
         proportion_empty_prompts=proportion_empty_prompts, seed=seed, output=output,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume,
         validate_every=validate_every, validation_prompts=tuple(validation_prompt) if validation_prompt else None,
-        log_with=log_with, workers=workers,
+        log_with=log_with,
+        max_nonfinite_steps=max_nonfinite_steps, workers=workers,
     )  # fmt: skip
     branch = run_train(cfg)
     if os.environ.get("RANK", "0") == "0":
@@ -302,9 +304,7 @@ def evaluate(
     clip_model: Annotated[str | None, typer.Option(help="CLIP hub id (local cache) or folder.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Write OUTPUT/report.html with blind A/B.")] = False,
     report_images: Annotated[str | None, typer.Option(help="embed (default: one file) or link.")] = None,
-    ratings: Annotated[
-        list[str] | None, typer.Option(help="A/B choices JSON from report.html; repeatable.")
-    ] = None,
+    ratings: Annotated[list[str] | None, typer.Option(help="A/B choices JSON from report.html; repeatable.")] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:1, ...")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per Inception forward (default 32).")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Image-loading processes.")] = None,

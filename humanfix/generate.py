@@ -37,10 +37,10 @@ from humanfix.generation.jobs import (
     resolve_models,
 )
 from humanfix.generation.pipelines import DTYPES, SCHEDULERS
+from humanfix.models.weights import SD15_HUB_ID as SD15
 
 log = logging.getLogger(__name__)
 
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 INDEX = "index.jsonl"
 GRIDS = "grids"
 RESUME_IGNORES = ("file", "branch", "condition_image")  # paths may be spelled differently on a rerun

@@ -209,8 +209,6 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
     if config.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
         components.unet.enable_gradient_checkpointing()
-    if config.objective.perceptual and config.objective.decoder_checkpointing:
-        components.vae.enable_gradient_checkpointing()  # only the decoder ever runs with gradients
 
     optimizer_cls = torch.optim.AdamW
     if config.use_8bit_adam:

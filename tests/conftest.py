@@ -112,3 +112,19 @@ def prepared_set(tmp_path) -> Path:
     """A prepare-data output folder with a 3-image ``val`` split at 64×64."""
     write_prepared_split(tmp_path / "data" / "val")
     return tmp_path / "data"
+
+
+def reset_accelerate() -> None:
+    """accelerate keeps process-wide singletons; in-process runs (train, generate) must each start clean."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Resets accelerate after every test; tests that run twice in one test call the returned function between."""
+    yield reset_accelerate
+    reset_accelerate()

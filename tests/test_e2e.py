@@ -2,20 +2,9 @@
 
 import json
 
-import pytest
 from PIL import Image
 
 from humanfix.data.sample import write_sample_coco
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def test_sample_set_is_valid_coco(tmp_path):

@@ -17,17 +17,6 @@ from humanfix.errors import UserError
 from humanfix.train import TrainConfig, TrainingStopped, checkpoint_dirs, train
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """accelerate keeps process-wide singletons; each in-process run starts clean."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 def config(data, output, **kw):
     # L_lpips only by default: the face network is the slowest part of a tiny step.
     objective = kw.pop("objective", {"lambda_lpips": 0.6, "timestep_threshold": 1000})
@@ -100,7 +89,9 @@ def test_resume_replays_the_run_exactly(prepared_set, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
 
 
-def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(prepared_set, tmp_path, monkeypatch):
+def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(
+    prepared_set, tmp_path, monkeypatch, fresh_accelerate_state
+):
     from accelerate import Accelerator
 
     real_save = Accelerator.save_state
@@ -117,17 +108,9 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(prepared_set
         train(config(prepared_set, out))
     assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002"]
     monkeypatch.setattr(Accelerator, "save_state", real_save)
-    AcceleratorStateReset()
+    fresh_accelerate_state()
     branch = train(config(prepared_set, out, resume="latest"))
     assert (branch / "diffusion_pytorch_model.safetensors").is_file()
-
-
-def AcceleratorStateReset():  # noqa: N802 - a helper used mid-test
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def test_nonfinite_losses_are_skipped_then_stop_training(prepared_set, tmp_path, monkeypatch):
@@ -211,13 +194,13 @@ def test_bad_input_is_a_user_error(prepared_set, tmp_path, kw, match):
         train(config(data, tmp_path / "run", **kw))
 
 
-def test_empty_set_and_foreign_branch_are_user_errors(prepared_set, tmp_path):
+def test_empty_set_and_foreign_branch_are_user_errors(prepared_set, tmp_path, fresh_accelerate_state):
     empty = tmp_path / "empty" / "val"
     empty.mkdir(parents=True)
     (empty / "metadata.jsonl").write_text("")
     with pytest.raises(UserError, match="empty"):
         train(config(tmp_path / "empty", tmp_path / "run"))
-    AcceleratorStateReset()
+    fresh_accelerate_state()
     foreign = tmp_path / "foreign"
     ControlNetModel(
         block_out_channels=(16, 32),

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from humanfix.devices import resolve_device
 from humanfix.errors import UserError
 from humanfix.evaluate.faces import DEFAULT_CLIP
 from humanfix.evaluate.fid import FEW_IMAGES, MODES
@@ -89,18 +88,6 @@ class EvaluateResult:
     ratings: list[dict[str, Any]] = field(default_factory=list)
     ratings_path: Path | None = None
     report_path: Path | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name} asked for, but torch sees no CUDA GPU")
-    return device
 
 
 def evaluate(config: EvaluateConfig, print_tables: bool = True) -> EvaluateResult:

@@ -14,6 +14,7 @@ from typing import Any
 
 from PIL import Image
 
+from humanfix.devices import resolve_device  # noqa: F401 - part of this module's API
 from humanfix.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,23 +26,6 @@ SCHEDULERS = {
     "dpm": "DPMSolverMultistepScheduler",
 }  # --scheduler name -> diffusers class, each deterministic given the starting noise
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-def resolve_device(device: str, default: Any = None) -> Any:
-    """``auto``: ``default`` (accelerate's device for this process) or CUDA when present, else CPU."""
-    import torch
-
-    if device == "auto":
-        if default is not None:
-            return torch.device(default)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a torch device (try cpu, cuda, cuda:1, auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available here")
-    return dev
 
 
 def resolve_dtype(dtype: str, device: Any) -> Any:

@@ -20,18 +20,38 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 DECODE_REGIONS = ("full", "boxes")
+CHECKPOINTING = ("none", "top", "all")
 
 
-def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents N×4×h×w (scaled, as the UNet sees them) -> images N×3×8h×8w in about [-1, 1], float32."""
+def vae_decode(vae, latents: torch.Tensor, checkpointing: str = "none") -> torch.Tensor:
+    """Latents N×4×h×w (scaled, as the UNet sees them) -> images N×3×8h×8w in about [-1, 1], float32.
+
+    ``checkpointing`` (with gradients on): ``none`` keeps every decoder activation for the backward pass;
+    ``top`` recomputes the last, full-resolution up-block (most of the memory, a quarter of the FLOPs);
+    ``all`` recomputes the mid-block and every up-block (diffusers' own decoder checkpointing).
+    """
+    if checkpointing not in CHECKPOINTING:
+        raise ValueError(f"checkpointing must be one of {CHECKPOINTING}, got {checkpointing!r}")
     dtype = next(vae.parameters()).dtype
     scaled = latents.to(dtype) / vae.config.scaling_factor
     shift = getattr(vae.config, "shift_factor", None)
     if shift:
         scaled = scaled + shift
-    return vae.decode(scaled).sample.float()
+    dec = getattr(vae, "decoder", None)
+    plain = checkpointing == "none" or not torch.is_grad_enabled()
+    if plain or not all(hasattr(dec, a) for a in ("conv_in", "mid_block", "up_blocks", "conv_norm_out")):
+        return vae.decode(scaled).sample.float()
+    # diffusers' Decoder.forward (latent_embeds=None), with a choice of which blocks are checkpointed.
+    z = vae.post_quant_conv(scaled) if getattr(vae, "post_quant_conv", None) is not None else scaled
+    blocks = [dec.mid_block, *dec.up_blocks]
+    recompute = set(range(len(blocks))) if checkpointing == "all" else {len(blocks) - 1}
+    x = dec.conv_in(z)
+    for k, block in enumerate(blocks):
+        x = checkpoint(block, x, None, use_reentrant=False) if k in recompute else block(x, None)
+    return dec.conv_out(dec.conv_act(dec.conv_norm_out(x))).float()
 
 
 def latent_window(
@@ -52,7 +72,12 @@ def latent_window(
 
 
 def decode_for_loss(
-    vae, latents: torch.Tensor, boxes: Sequence[torch.Tensor], region: str = "boxes", margin: int = 8
+    vae,
+    latents: torch.Tensor,
+    boxes: Sequence[torch.Tensor],
+    region: str = "boxes",
+    margin: int = 8,
+    checkpointing: str = "none",
 ) -> torch.Tensor:
     """Decode N latents for the perceptual losses: N×3×H×W float32, exact where ``region='full'``.
 
@@ -60,7 +85,7 @@ def decode_for_loss(
     back to full size with zeros; ``boxes`` holds each sample's person and face boxes (K_i×4, pixels).
     """
     if region == "full":
-        return vae_decode(vae, latents)
+        return vae_decode(vae, latents, checkpointing)
     if region != "boxes":
         raise ValueError(f"region must be one of {DECODE_REGIONS}, got {region!r}")
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -72,7 +97,7 @@ def decode_for_loss(
             out.append(latent.new_zeros((3, h * factor, w * factor), dtype=torch.float32))
             continue
         x0, y0, x1, y1 = latent_window(box_list, factor, (h, w), margin)
-        image = vae_decode(vae, latent[None, :, y0:y1, x0:x1])[0]
+        image = vae_decode(vae, latent[None, :, y0:y1, x0:x1], checkpointing)[0]
         pad = (x0 * factor, (w - x1) * factor, y0 * factor, (h - y1) * factor)
         out.append(F.pad(image, pad))
     return torch.stack(out)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from humanfix.errors import UserError
-from humanfix.losses.decode import DECODE_REGIONS, decode_for_loss
+from humanfix.losses.decode import CHECKPOINTING, DECODE_REGIONS, decode_for_loss
 from humanfix.losses.face import DEFAULT_FACE_LAYER_WEIGHTS, DEFAULT_FACE_LAYERS, FaceFeatureLoss
 from humanfix.losses.perceptual import LPIPS_LAYERS, MaskedLPIPS
 from humanfix.losses.x0 import PREDICTION_TYPES, predict_x0
@@ -54,8 +54,9 @@ class ObjectiveConfig:
     decode_region: str = "boxes"
     # Latent pixels added around the boxes' window when decode_region = "boxes".
     decode_margin: int = 8
-    # Recompute the decoder's activations in the backward pass instead of keeping them (saves memory).
-    decoder_checkpointing: bool = True
+    # Decoder activations recomputed in the backward pass: "none", "top" (the full-resolution up-block:
+    # most of the memory for a quarter of the decoder's FLOPs) or "all" (every block).
+    decoder_checkpointing: str = "top"
     # Explicit weight files (default: where weights.py says they belong).
     vgg_weights: Path | None = None
     facenet_weights: Path | None = None
@@ -78,6 +79,10 @@ class ObjectiveConfig:
             raise UserError(f"perceptual-weights must be 'pretrained' or 'random' (got {self.perceptual_weights!r})")
         if self.decode_region not in DECODE_REGIONS:
             raise UserError(f"decode-region must be one of {DECODE_REGIONS} (got {self.decode_region!r})")
+        if self.decoder_checkpointing not in CHECKPOINTING:
+            raise UserError(
+                f"decoder-checkpointing must be one of {CHECKPOINTING} (got {self.decoder_checkpointing!r})"
+            )
         if self.decode_margin < 0 or (self.lpips_crop_size is not None and self.lpips_crop_size < 32):
             raise UserError("decode-margin must be >= 0 and lpips-crop-size >= 32")
 
@@ -188,7 +193,9 @@ class MaskAwareObjective(nn.Module):
             region_boxes = [
                 torch.cat([p.reshape(-1, 4), f.reshape(-1, 4)]) for p, f in zip(p_boxes, f_boxes, strict=True)
             ]
-            decoded = decode_for_loss(vae, x0, region_boxes, cfg.decode_region, cfg.decode_margin)
+            decoded = decode_for_loss(
+                vae, x0, region_boxes, cfg.decode_region, cfg.decode_margin, cfg.decoder_checkpointing
+            )
             real = images[need].float()
             if self.lpips is not None and want_lpips.any():
                 size = cfg.lpips_crop_size or min(224, max(64, min(decoded.shape[-2:]) // 2))

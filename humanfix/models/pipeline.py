@@ -51,7 +51,7 @@ def resolve_model(model: str) -> tuple[str, bool]:
 def _offline_hint(model: str, err: Exception) -> UserError:
     return UserError(
         f"cannot load the model {model!r}: it is not a local folder or file, and it is not in the Hugging Face "
-        f"cache ({type(err).__name__}). Download it first (huggingface-cli download {model}) or pass a local folder"
+        f"cache ({type(err).__name__}). Download it first (hf download {model}) or pass a local folder"
     )
 
 
