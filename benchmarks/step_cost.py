@@ -294,7 +294,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--modes", default="plain,perceptual,diffusers", help="plain, perceptual, diffusers, interleaved")
     ap.add_argument("--decode-region", default="boxes", choices=["boxes", "full"])
-    ap.add_argument("--decode-margin", type=int, default=8)
+    ap.add_argument("--decode-margin", type=int, default=2)
     ap.add_argument("--decoder-checkpointing", default="top", choices=["none", "top", "all"])
     ap.add_argument("--measure-region-error", action="store_true")
     ap.add_argument("--margins", type=int, nargs="+", default=[0, 2, 4, 8, 16])

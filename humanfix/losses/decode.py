@@ -76,7 +76,7 @@ def decode_for_loss(
     latents: torch.Tensor,
     boxes: Sequence[torch.Tensor],
     region: str = "boxes",
-    margin: int = 8,
+    margin: int = 2,
     checkpointing: str = "none",
 ) -> torch.Tensor:
     """Decode N latents for the perceptual losses: N×3×H×W float32, exact where ``region='full'``.

@@ -52,8 +52,9 @@ class ObjectiveConfig:
     perceptual_weights: str | None = None
     # "boxes": decode only the latent window around persons and faces; "full": the whole latent.
     decode_region: str = "boxes"
-    # Latent pixels added around the boxes' window when decode_region = "boxes".
-    decode_margin: int = 8
+    # Latent pixels added around the boxes' window when decode_region = "boxes" (2 = 16 px: the cost
+    # goal of a perceptual step; 8 is closer to a full decode; docs/performance.md has both measured).
+    decode_margin: int = 2
     # Decoder activations recomputed in the backward pass: "none", "top" (the full-resolution up-block:
     # most of the memory for a quarter of the decoder's FLOPs) or "all" (every block).
     decoder_checkpointing: str = "top"
