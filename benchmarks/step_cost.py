@@ -123,7 +123,7 @@ def worker(args: argparse.Namespace) -> dict:
     from humanfix.config import build_config
     from humanfix.train import TrainConfig, compute_loss, setup, step_generator
 
-    lambdas = (0.2, 0.5) if args.mode == "perceptual" else (0.0, 0.0)
+    lambdas = (0.2, 0.5) if args.mode in ("perceptual", "ratio") else (0.0, 0.0)
     objective = {
         "lambda_lpips": lambdas[0],
         "lambda_face": lambdas[1],
@@ -155,6 +155,8 @@ def worker(args: argparse.Namespace) -> dict:
         steps = {"diffusers": [diffusers_step], "interleaved": [humanfix_step, diffusers_step]}.get(
             args.mode, [humanfix_step]
         )
+        if args.mode == "ratio":  # plain and perceptual humanfix steps alternating in one process
+            steps = [_with_objective(run, cfg, plain=True), _with_objective(run, cfg, plain=False)]
         times: dict[str, list[float]] = {step.__name__: [] for step in steps}
         for k in range(args.warmup + args.steps):
             for step in steps:
@@ -176,6 +178,26 @@ def worker(args: argparse.Namespace) -> dict:
     first = next(iter(times))
     result["step_s"] = result[first]["step_s"]
     return result
+
+
+def _with_objective(run, cfg, plain: bool):
+    """humanfix's step with the plain (λ = 0) or the configured perceptual objective swapped into ``run``."""
+    from dataclasses import replace
+
+    from humanfix.losses.objective import MaskAwareObjective
+
+    sched = run.components.noise_scheduler
+    objective = run.objective
+    if plain:
+        config = replace(cfg.objective, lambda_lpips=0.0, lambda_face=0.0)
+        objective = MaskAwareObjective(config, sched.alphas_cumprod, sched.config.prediction_type)
+
+    def step(run_, batch, g, compute_loss):
+        run_.objective = objective
+        humanfix_step(run_, batch, g, compute_loss)
+
+    step.__name__ = "plain_step" if plain else "perceptual_step"
+    return step
 
 
 def _collate():
@@ -292,7 +314,11 @@ def main() -> None:
     ap.add_argument("--model", default="sd15", choices=["sd15", "tiny"])
     ap.add_argument("--steps", type=int, default=2, help="timed steps per mode")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--modes", default="plain,perceptual,diffusers", help="plain, perceptual, diffusers, interleaved")
+    ap.add_argument(
+        "--modes",
+        default="plain,perceptual,diffusers",
+        help="plain, perceptual, diffusers, interleaved (humanfix vs diffusers), ratio (plain vs perceptual)",
+    )
     ap.add_argument("--decode-region", default="boxes", choices=["boxes", "full"])
     ap.add_argument("--decode-margin", type=int, default=2)
     ap.add_argument("--decoder-checkpointing", default="top", choices=["none", "top", "all"])
@@ -339,6 +365,13 @@ def main() -> None:
             plain_peak_gb=p["peak_gb"],
             perceptual_peak_gb=q["peak_gb"],
             peak_delta_gb=q["peak_gb"] - p["peak_gb"],
+        )
+    if "ratio" in results:
+        r = results["ratio"]
+        summary.update(
+            ratio_plain_s=r["plain_step"]["step_s"],
+            ratio_perceptual_s=r["perceptual_step"]["step_s"],
+            time_ratio_interleaved=r["perceptual_step"]["step_s"] / r["plain_step"]["step_s"],
         )
     if "interleaved" in results:
         r = results["interleaved"]

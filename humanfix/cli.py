@@ -71,9 +71,6 @@ def doctor(
     Console().print(table)
 
 
-# -- commands added by later issues go below this line (keep each one thin) --
-
-
 @app.command("prepare-data")
 def prepare_data(
     coco_root: Annotated[Path | None, typer.Option(help="COCO 2017 folder: annotations/ and {split}2017/.")] = None,
