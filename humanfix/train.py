@@ -294,12 +294,15 @@ def compute_loss(run: Run, batch: dict[str, Any], g: torch.Generator):
     c, device, dtype = run.components, run.accelerator.device, run.weight_dtype
     pixel_values = batch["pixel_values"].to(device)
     with torch.no_grad():
-        latents = c.vae.encode(pixel_values.to(dtype)).latent_dist.sample(generator=g) * c.vae.config.scaling_factor
+        latents = c.vae.encode(pixel_values.to(dtype)).latent_dist.sample(generator=g).float()
+        latents = latents * c.vae.config.scaling_factor
         encoder_hidden_states = encode_prompts(run, batch["captions"], g)
-    noise = torch.randn(latents.shape, generator=g, device=device, dtype=latents.dtype)
+    # Noise, x_t and the target in fp32 (as diffusers does); the frozen networks see x_t in the training dtype.
+    noise = torch.randn(latents.shape, generator=g, device=device, dtype=torch.float32)
     n_t = c.noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, n_t, (latents.shape[0],), generator=g, device=device).long()
-    noisy_latents = c.noise_scheduler.add_noise(latents, noise, timesteps)
+    noisy_fp32 = c.noise_scheduler.add_noise(latents, noise, timesteps)
+    noisy_latents = noisy_fp32.to(dtype)
     down, mid = run.controlnet(
         noisy_latents,
         timesteps,
@@ -326,7 +329,7 @@ def compute_loss(run: Run, batch: dict[str, Any], g: torch.Generator):
         c.vae,
         model_pred,
         target,
-        noisy_latents,
+        noisy_fp32,
         timesteps,
         images=pixel_values,
         masks=batch["mask"].to(device),
