@@ -161,7 +161,9 @@ def test_pose_and_mask_conditioning_train_and_are_saved(prepared_set, tmp_path, 
     assert json.loads((branch / "humanfix.json").read_text())["conditioning"] == conditioning
 
 
-def test_validation_images_are_written(prepared_set, tmp_path):
+def test_validation_images_and_tensorboard_logs_are_written(prepared_set, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     out = tmp_path / "run"
     train(
         config(
@@ -172,9 +174,16 @@ def test_validation_images_are_written(prepared_set, tmp_path):
             validate_every=2,
             validation_prompts=("a skier",),
             validation_steps=2,
+            log_with="tensorboard",
         )
     )
     assert (out / "validation" / "step-00000002" / "00.png").is_file()
+    runs = [EventAccumulator(str(f.parent)).Reload() for f in (out / "logs").rglob("events.out.tfevents.*")]
+    main = [r for r in runs if "loss" in r.Tags()["scalars"]]  # (accelerate writes the hparams as a second run)
+    assert len(main) == 1
+    assert {"loss", "loss_lpips", "lr", "gated_fraction"} <= set(main[0].Tags()["scalars"])
+    assert [e.step for e in main[0].Scalars("loss")] == [1, 2]
+    assert "validation" in main[0].Tags()["images"]
 
 
 @pytest.mark.parametrize(
