@@ -90,10 +90,11 @@ class FaceFeatureLoss(nn.Module):
             return decoded.new_zeros(n, dtype=torch.float32), has
         has[owners] = True
         dtype = next(self.net.parameters()).dtype
-        m = dec.shape[0]
-        feats = self.features(torch.cat([dec, tgt]).to(dtype))
-        per_face = dec.new_zeros(m)
-        for alpha, f in zip(self.layer_weights, feats, strict=True):
-            diff = (f[:m] - f[m:]).float().flatten(1)
+        decoded_feats = self.features(dec.to(dtype))
+        with torch.no_grad():  # the real faces are the reference: no graph, no backward through them
+            real_feats = self.features(tgt.to(dtype))
+        per_face = dec.new_zeros(dec.shape[0])
+        for alpha, a, b in zip(self.layer_weights, decoded_feats, real_feats, strict=True):
+            diff = (a - b).float().flatten(1)
             per_face = per_face + alpha * torch.linalg.vector_norm(diff, dim=1) / diff.shape[1] ** 0.5
         return per_sample_mean(per_face, owners, n), has

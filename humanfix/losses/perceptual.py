@@ -97,12 +97,18 @@ class MaskedLPIPS(nn.Module):
         return out
 
     def distance_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The weighted spatial LPIPS map, N×1×H×W, for images N×3×H×W in [-1, 1] (one VGG pass for both)."""
+        """The weighted spatial LPIPS map, N×1×H×W, for images N×3×H×W in [-1, 1].
+
+        ``y`` is the reference (the real image): its features are computed without a graph, so the backward
+        pass runs through VGG for ``x`` alone.
+        """
         n = x.shape[0]
-        feats = self.layer_features(torch.cat([x, y]))
+        fx = self.layer_features(x)
+        with torch.no_grad():
+            fy = self.layer_features(y)
         total = x.new_zeros((n, 1, *x.shape[-2:]))
-        for k, f in enumerate(feats):
-            diff = (_normalize(f[:n]) - _normalize(f[n:])) ** 2
+        for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
+            diff = (_normalize(a) - _normalize(b)) ** 2
             layer = self.lins[k](diff)
             total = total + self.layer_weights[k] * F.interpolate(
                 layer, size=x.shape[-2:], mode="bilinear", align_corners=False
