@@ -17,6 +17,7 @@ The last line printed is JSON.
     python benchmarks/step_cost.py --resolution 256 --persons 2
     python benchmarks/step_cost.py --model tiny --resolution 64   # a smoke test in seconds
     python benchmarks/step_cost.py --measure-region-error  # box-window decode vs full decode
+    python benchmarks/step_cost.py --measure-decode        # the decode alone, humanfix vs diffusers' vae.decode
 """
 
 from __future__ import annotations
@@ -158,13 +159,15 @@ def worker(args: argparse.Namespace) -> dict:
         if args.mode == "ratio":  # plain and perceptual humanfix steps alternating in one process
             steps = [_with_objective(run, cfg, plain=True), _with_objective(run, cfg, plain=False)]
         times: dict[str, list[float]] = {step.__name__: [] for step in steps}
+        faults: dict[str, list[int]] = {step.__name__: [] for step in steps}  # minor page faults per step
         for k in range(args.warmup + args.steps):
             for step in steps:
-                t0 = time.perf_counter()
+                t0, f0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 step(run, batch, step_generator(cfg, k, k, 0, run.accelerator.device), compute_loss)
                 if run.accelerator.device.type == "cuda":
                     torch.cuda.synchronize()
                 times[step.__name__].append(time.perf_counter() - t0)
+                faults[step.__name__].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     device = run.accelerator.device
     peak = (
         torch.cuda.max_memory_allocated(device)
@@ -174,7 +177,7 @@ def worker(args: argparse.Namespace) -> dict:
     result = {"mode": args.mode, "peak_gb": peak}
     for name, values in times.items():
         timed = values[args.warmup :]
-        result[name] = {"step_s": sum(timed) / len(timed), "times": timed}
+        result[name] = {"step_s": sum(timed) / len(timed), "times": timed, "page_faults": faults[name][args.warmup :]}
     first = next(iter(times))
     result["step_s"] = result[first]["step_s"]
     return result
@@ -266,6 +269,35 @@ def diffusers_step(run, batch, g, _compute_loss) -> None:
         run.optimizer.zero_grad(set_to_none=True)
 
 
+def decode_cost(args: argparse.Namespace) -> dict:
+    """The perceptual step's decode alone (SD 1.5 VAE, the scene's box window), forward + backward to the latent:
+    diffusers' own ``vae.decode`` against humanfix's ``decode_for_loss``, alternating, best of ``--steps``."""
+    from humanfix.losses.decode import decode_for_loss, latent_window
+
+    vae = (sd15_components(torch.float32).vae if args.model == "sd15" else _tiny_vae()).requires_grad_(False)
+    persons, faces = scene_boxes(args.resolution, args.persons, args.faces)
+    boxes = torch.tensor(persons + faces, dtype=torch.float32)
+    side = args.resolution // 8
+    latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
+    x0, y0, x1, y1 = latent_window(boxes.tolist(), 8, (side, side), args.decode_margin)
+
+    def diffusers_decode(z):
+        return vae.decode(z[:, :, y0:y1, x0:x1] / vae.config.scaling_factor).sample
+
+    def humanfix_decode(z):
+        return decode_for_loss(vae, z, [boxes], args.decode_region, args.decode_margin, args.decoder_checkpointing)
+
+    times: dict[str, list[float]] = {"diffusers_decode": [], "humanfix_decode": []}
+    for _ in range(args.warmup + args.steps):
+        for name, fn in (("diffusers_decode", diffusers_decode), ("humanfix_decode", humanfix_decode)):
+            z = latents.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            fn(z).square().mean().backward()
+            times[name].append(time.perf_counter() - t0)
+    best = {name: min(values[args.warmup :]) for name, values in times.items()}
+    return {**best, "humanfix_vs_diffusers": best["humanfix_decode"] / best["diffusers_decode"], "times": times}
+
+
 def measure_region_error(args: argparse.Namespace) -> dict:
     """Decode random latents fully and through the box window at several margins; error inside the person box."""
     from humanfix.losses.decode import decode_for_loss
@@ -321,8 +353,9 @@ def main() -> None:
     )
     ap.add_argument("--decode-region", default="boxes", choices=["boxes", "full"])
     ap.add_argument("--decode-margin", type=int, default=2)
-    ap.add_argument("--decoder-checkpointing", default="top", choices=["none", "top", "all"])
+    ap.add_argument("--decoder-checkpointing", default="none", choices=["none", "top", "all"])
     ap.add_argument("--measure-region-error", action="store_true")
+    ap.add_argument("--measure-decode", action="store_true", help="the decode alone: humanfix vs diffusers' decode")
     ap.add_argument("--margins", type=int, nargs="+", default=[0, 2, 4, 8, 16])
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -331,6 +364,9 @@ def main() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     if args.measure_region_error:
         print(json.dumps(measure_region_error(args)))
+        return
+    if args.measure_decode:
+        print(json.dumps(decode_cost(args)))
         return
     if args.mode:  # a worker process
         print(json.dumps(worker(args)))
@@ -385,6 +421,7 @@ def main() -> None:
             diffusers_s=results["diffusers"]["step_s"],
             plain_vs_diffusers=results["plain"]["step_s"] / results["diffusers"]["step_s"],
         )
+    summary["runs"] = results  # every mode's raw figures: per-step times and page faults, peak
     print(json.dumps(summary))
 
 
