@@ -131,14 +131,16 @@ def generate(
         str | None, typer.Option(help="Diffusers folder with the configs, when --model is a single file.")
     ] = None,
     controlnet: Annotated[str | None, typer.Option(help="Trained branch folder; omitted: plain SD 1.5.")] = None,
+    lora: Annotated[str | None, typer.Option(help="Trained LoRA folder (pytorch_lora_weights.safetensors).")] = None,
     compare: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated models for side-by-side grids: 'base' (plain SD) and branch folders "
+            help="Comma-separated models for side-by-side grids: 'base' (plain SD), branch and LoRA folders "
             "(optionally LABEL=DIR)."
         ),
     ] = None,
     conditioning_scale: Annotated[float | None, typer.Option(help="Weight of the branch (default 1.0).")] = None,
+    lora_scale: Annotated[float | None, typer.Option(help="Weight of the LoRA (default 1.0).")] = None,
     condition_image: Annotated[
         str | None, typer.Option(help="Pose or mask image, for branches trained with that conditioning.")
     ] = None,
@@ -159,7 +161,7 @@ def generate(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and branch.")] = False,
     config: Annotated[str | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
-    """Draw images with SD 1.5, plain or with a trained branch; --compare draws the same seeds through several."""
+    """Draw images with SD 1.5, plain or with a trained branch or LoRA; --compare draws the same seeds through each."""
     from humanfix.config import build_config
     from humanfix.generate import GenerateConfig
     from humanfix.generate import generate as run_generate
@@ -172,8 +174,10 @@ def generate(
         model=model,
         model_config=model_config,
         controlnet=controlnet,
+        lora=lora,
         compare=tuple(compare.split(",")) if compare is not None else None,
         conditioning_scale=conditioning_scale,
+        lora_scale=lora_scale,
         condition_image=condition_image,
         negative_prompt=negative_prompt,
         num_images=num_images,
@@ -213,10 +217,21 @@ def train(
     model_config: Annotated[
         Path | None, typer.Option(help="Diffusers config folder for a single-file --model.")
     ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="What trains: controlnet (a branch, the paper; default) or lora (UNet LoRA).")
+    ] = None,
     controlnet: Annotated[
         Path | None, typer.Option(help="Start from this branch (default: a copy of the UNet).")
     ] = None,
     conditioning: Annotated[str | None, typer.Option(help="none (blank, the paper), pose or mask.")] = None,
+    lora_rank: Annotated[int | None, typer.Option(help="LoRA rank (default 32).")] = None,
+    lora_alpha: Annotated[
+        float | None, typer.Option(help="LoRA alpha; output scaled by alpha/rank (default rank).")
+    ] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(help="attn (default: to_q, to_k, to_v, to_out.0) or attn-ff-conv (+ feed-forward, resnet convs)."),
+    ] = None,
     lambda_lpips: Annotated[float | None, typer.Option(help="λ1, weight of masked LPIPS (default 0).")] = None,
     lambda_face: Annotated[float | None, typer.Option(help="λ2, weight of the face loss (default 0).")] = None,
     timestep_threshold: Annotated[int | None, typer.Option(help="T: perceptual terms for t < T (default 100).")] = None,
@@ -250,7 +265,7 @@ def train(
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default 0).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
-    """Train a ControlNet branch on a frozen SD 1.5 under the mask-aware objective."""
+    """Train a ControlNet branch (or a UNet LoRA) on a frozen SD 1.5 under the mask-aware objective."""
     from humanfix.config import build_config
     from humanfix.train import TrainConfig
     from humanfix.train import train as run_train
@@ -265,8 +280,9 @@ def train(
         "decode_region": decode_region,
     }
     cfg = build_config(
-        TrainConfig, config, data=data, split=split, model=model, model_config=model_config, controlnet=controlnet,
-        conditioning=conditioning, objective=objective, learning_rate=learning_rate, batch_size=batch_size,
+        TrainConfig, config, data=data, split=split, model=model, model_config=model_config, adapter=adapter,
+        controlnet=controlnet, conditioning=conditioning, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_targets=lora_targets, objective=objective, learning_rate=learning_rate, batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, max_steps=max_steps, epochs=epochs,
         lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam, max_grad_norm=max_grad_norm,
@@ -276,9 +292,9 @@ def train(
         log_with=log_with,
         max_nonfinite_steps=max_nonfinite_steps, workers=workers,
     )  # fmt: skip
-    branch = run_train(cfg)
+    saved = run_train(cfg)
     if os.environ.get("RANK", "0") == "0":
-        print(f"branch saved to {branch}")
+        print(f"{'LoRA' if cfg.adapter == 'lora' else 'branch'} saved to {saved}")
 
 
 @app.command()

@@ -1,11 +1,14 @@
-"""``humanfix generate``: text-to-image with SD 1.5, optionally plus a trained ControlNet branch.
+"""``humanfix generate``: text-to-image with SD 1.5, optionally plus a trained ControlNet branch or LoRA.
 
 Features, in the order the code meets them:
 
 - prompts from the command line and/or a prompts file (plain lines or JSONL with per-prompt seed,
   negative prompt and condition image); per-image seeds as documented in :mod:`humanfix.generation.jobs`;
-- one model (plain SD or SD + ``--controlnet``) or ``--compare base,DIR1,...``: the same prompts and
-  seeds through each model, one folder per model and a labelled grid per prompt (one row per model);
+- one model (plain SD, SD + ``--controlnet``, or SD with ``--lora``) or ``--compare base,DIR1,...``: the same
+  prompts and seeds through each model, one folder per model and a labelled grid per prompt (one row per model);
+  each folder says whether it is a branch (config.json) or a LoRA (pytorch_lora_weights.safetensors);
+- a LoRA is loaded as plain diffusers does (``pipe.load_lora_weights(DIR)``) and drawn at ``--lora-scale``
+  (``cross_attention_kwargs={"scale": S}``), so the pixels equal a plain diffusers call's;
 - conditioning follows the branch's saved choice: ``none`` gets a black image, ``pose``/``mask`` take
   ``--condition-image`` (or a per-prompt ``condition_image``);
 - every image has its own CPU ``torch.Generator``, so batching and the device do not change the starting
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.jsonl"
 GRIDS = "grids"
-RESUME_IGNORES = ("file", "branch", "condition_image")  # paths may be spelled differently on a rerun
+RESUME_IGNORES = ("file", "branch", "lora", "condition_image")  # paths may be spelled differently on a rerun
 
 
 @dataclass
@@ -55,8 +59,10 @@ class GenerateConfig:
     model: str = SD15  # base SD 1.5: hub id, diffusers folder, single file, or "tiny"
     model_config: Path | None = None  # diffusers folder with the configs when --model is a single file
     controlnet: Path | None = None  # trained branch folder; None draws with plain SD
-    compare: tuple[str, ...] | None = None  # "base" and/or branch folders ("LABEL=DIR"): one grid row each
+    lora: Path | None = None  # trained LoRA folder (train --adapter lora's OUTPUT/lora); None: no LoRA
+    compare: tuple[str, ...] | None = None  # "base" and/or branch or LoRA folders ("LABEL=DIR"): one grid row each
     conditioning_scale: float = 1.0  # weight of the branch's residuals (ControlNet conditioning scale)
+    lora_scale: float = 1.0  # weight of the LoRA (diffusers' cross_attention_kwargs scale; 0 draws plain SD)
     condition_image: Path | None = None  # pose/mask image for branches trained with that conditioning
     negative_prompt: str = ""  # for every prompt without its own
     num_images: int = 1  # images per prompt
@@ -95,10 +101,13 @@ class GenerateConfig:
         )
         if self.guidance_scale < 0 or self.conditioning_scale < 0:
             raise UserError("--guidance-scale and --conditioning-scale must not be negative")
+        self.lora_scale = float(self.lora_scale)
+        if not math.isfinite(self.lora_scale):
+            raise UserError(f"--lora-scale must be a finite number, got {self.lora_scale}")
 
     def settings(self) -> dict[str, Any]:
         """The values every index record carries besides the job's own."""
-        keys = ("model", "steps", "guidance_scale", "scheduler", "height", "width", "conditioning_scale")
+        keys = ("model", "steps", "guidance_scale", "scheduler", "height", "width", "conditioning_scale", "lora_scale")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -167,7 +176,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
 
     specs = read_prompts(config.prompts, config.prompts_file)
     jobs = make_jobs(specs, config.num_images, config.seed, config.negative_prompt)
-    models = resolve_models(config.controlnet, config.compare)
+    models = resolve_models(config.controlnet, config.compare, config.lora)
     _check_conditioning(models, jobs, config.condition_image)
     location, _ = resolve_model(config.model)  # prints the tiny model's notice
 
@@ -210,7 +219,7 @@ def _draw_all(
     state: Any,
     result: GenerateResult,
 ) -> None:
-    """Load the base once, then each branch in turn, and draw the pending jobs in batches."""
+    """Load the base once, then each adapter in turn, and draw the pending jobs in batches."""
     import torch
     from diffusers import ControlNetModel
     from rich.console import Console
@@ -225,15 +234,18 @@ def _draw_all(
 
     from humanfix.generation import pipelines as P
     from humanfix.generation.pngmeta import save_png
+    from humanfix.models.lora import check_lora_fits
     from humanfix.models.pipeline import check_branch_fits, load_components, make_controlnet
 
     device = P.resolve_device(config.device, state.device)
     dtype = P.resolve_dtype(config.dtype, device)
     quiet_loading()
     comps = load_components(location, config.model_config, dtype)
-    for m, _ in todo:  # every branch must fit before any image is drawn
+    for m, _ in todo:  # every adapter must fit before any image is drawn
         if m.branch is not None:
             check_branch_fits(ControlNetModel.load_config(str(m.branch)), comps.unet.config, m.branch)
+        if m.lora is not None:
+            check_lora_fits(m.lora, comps.unet)
     for part in (comps.text_encoder, comps.vae, comps.unet):
         part.to(device).eval()  # already in dtype
     if config.compile:
@@ -272,6 +284,8 @@ def _draw_all(
                 if config.compile:
                     branch = torch.compile(branch)
             pipe = P.build_pipeline(comps, scheduler, branch)
+            if model.lora is not None:
+                pipe.load_lora_weights(str(model.lora))
             bar.update(task, description=f"generating [{model.label}]")
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
@@ -288,6 +302,8 @@ def _draw_all(
                 if branch is not None:
                     kw["image"] = [condition(model, j) for j in batch]
                     kw["controlnet_conditioning_scale"] = config.conditioning_scale
+                if model.lora is not None:
+                    kw["cross_attention_kwargs"] = {"scale": config.lora_scale}
                 with torch.inference_mode():
                     drawn = pipe(**kw).images
                 for job, image in zip(batch, drawn, strict=True):
@@ -296,6 +312,8 @@ def _draw_all(
                 result.batches.append((len(batch), time.perf_counter() - t0))
                 result.written += len(batch)
                 bar.advance(task, len(batch))
+            if model.lora is not None:
+                pipe.unload_lora_weights()  # the base UNet again, for the next model
             del pipe, branch
 
 

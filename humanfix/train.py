@@ -1,4 +1,8 @@
-"""``humanfix train``: a ControlNet branch on a frozen SD 1.5, under the mask-aware objective.
+"""``humanfix train``: an adapter on a frozen SD 1.5, under the mask-aware objective.
+
+The adapter (``--adapter``) is a ControlNet branch (the paper's method, the default) or a LoRA on the UNet's
+layers (:mod:`humanfix.models.lora`). It is a choice inside the one training loop: everything below holds for
+both; the LoRA step simply has no branch to run.
 
 Read top to bottom: the config, then ``train()`` = setup -> fit (with checkpoints and validation) -> save.
 
@@ -6,18 +10,19 @@ Features (the diffusers ``train_controlnet.py`` baseline and past it):
 
 - accelerate throughout: the same command on a CPU, one or several GPUs and machines
   (``accelerate launch``/``torchrun``), DeepSpeed/FSDP through accelerate's own config; only rank 0 writes.
-- VAE, UNet and text encoder frozen in the training dtype; the branch trained in fp32.
+- VAE, UNet and text encoder frozen in the training dtype; the adapter (branch or LoRA) trained in fp32.
 - The objective of :mod:`humanfix.losses.objective`: per-sample gating at T, every term logged.
 - Conditioning ``none`` (blank image, the paper's setting), ``pose`` (skeleton from keypoints) or ``mask``;
   the choice is saved beside the branch (``humanfix.json``) for ``generate``.
 - Every random draw (latents, noise, timesteps, captions, empty prompts) comes from a generator seeded
   by (seed, step, rank), and the data order from (seed, epoch): resuming replays the run exactly.
-- Atomic checkpoints (a temporary folder, then a rename) holding branch, optimizer, scheduler, RNG states
-  and the step; ``--resume latest|PATH``; the ``K`` newest kept.
+- Atomic checkpoints (a temporary folder, then a rename) holding the adapter (a LoRA alone, not the UNet it
+  sits in), optimizer, scheduler, RNG states and the step; ``--resume latest|PATH``; the ``K`` newest kept.
 - A non-finite loss skips the update and is counted; K in a row stop training, the last checkpoint intact.
 - Per step: the loss terms, gated fraction, learning rate, images/s, peak memory: in a rich progress bar,
   in ``OUTPUT/metrics.jsonl`` and in TensorBoard (``--log-with tensorboard``).
-- Result: ``OUTPUT/controlnet/`` (diffusers layout), ``OUTPUT/training_config.toml``, ``OUTPUT/metrics.jsonl``.
+- Result: ``OUTPUT/controlnet/`` (diffusers layout) or ``OUTPUT/lora/`` (diffusers and kohya files),
+  ``OUTPUT/training_config.toml``, ``OUTPUT/metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 from humanfix.config import to_toml_dict
 from humanfix.errors import UserError
 from humanfix.losses.objective import ObjectiveConfig
+from humanfix.models.lora import LORA_TARGETS
 from humanfix.models.pipeline import CONDITIONINGS
 from humanfix.models.weights import SD15_HUB_ID
 
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+ADAPTERS = ("controlnet", "lora")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -58,10 +65,18 @@ class TrainConfig:
     model: str = SD15_HUB_ID
     # A local diffusers folder holding the configs for a single-file --model.
     model_config: Path | None = None
+    # What trains: "controlnet" (a branch copied from the UNet, the paper) or "lora" (a LoRA on the UNet).
+    adapter: str = "controlnet"
     # Start from this branch folder; unset: a fresh copy of the UNet (ControlNetModel.from_unet).
     controlnet: Path | None = None
     # What the branch sees: "none" (blank image, the paper), "pose" (skeleton) or "mask" (person mask).
     conditioning: str = "none"
+    # LoRA rank (adapter "lora"; default 32).
+    lora_rank: int | None = None
+    # LoRA alpha: the LoRA's output is scaled by alpha / rank (adapter "lora"; default: the rank).
+    lora_alpha: float | None = None
+    # Which UNet layers get a LoRA: a preset of models.lora.LORA_TARGETS (adapter "lora"; default "attn").
+    lora_targets: str | None = None
     # -- data
     # A prepare-data output folder (holding <split>/metadata.jsonl).
     data: Path | None = None
@@ -118,6 +133,7 @@ class TrainConfig:
             raise UserError("train needs --data DIR (a prepare-data output)")
         if self.conditioning not in CONDITIONINGS:
             raise UserError(f"conditioning must be one of {CONDITIONINGS} (got {self.conditioning!r})")
+        self._check_adapter()
         positive = {
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
@@ -146,6 +162,30 @@ class TrainConfig:
         if self.objective.perceptual_weights is None:
             self.objective.perceptual_weights = "random" if self.model == "tiny" else "pretrained"
 
+    def _check_adapter(self) -> None:
+        """Each adapter's options only with that adapter; the LoRA's defaults filled in."""
+        if self.adapter not in ADAPTERS:
+            raise UserError(f"adapter must be controlnet or lora (got {self.adapter!r})")
+        lora_options = {"lora-rank": self.lora_rank, "lora-alpha": self.lora_alpha, "lora-targets": self.lora_targets}
+        if self.adapter == "controlnet":
+            given = [name for name, value in lora_options.items() if value is not None]
+            if given:
+                raise UserError(f"--{given[0]} applies to --adapter lora (this run trains a ControlNet branch)")
+            return
+        if self.controlnet is not None:
+            raise UserError("--controlnet DIR starts from a branch: it cannot go with --adapter lora")
+        if self.conditioning != "none":
+            raise UserError("--conditioning feeds a ControlNet branch: a LoRA has no conditioning input")
+        self.lora_rank = 32 if self.lora_rank is None else self.lora_rank
+        if self.lora_rank <= 0:
+            raise UserError(f"lora-rank must be > 0 (got {self.lora_rank})")
+        self.lora_alpha = float(self.lora_rank if self.lora_alpha is None else self.lora_alpha)
+        if not self.lora_alpha > 0:
+            raise UserError(f"lora-alpha must be > 0 (got {self.lora_alpha})")
+        self.lora_targets = self.lora_targets or "attn"
+        if self.lora_targets not in LORA_TARGETS:
+            raise UserError(f"lora-targets must be one of {', '.join(LORA_TARGETS)} (got {self.lora_targets!r})")
+
     @property
     def split_dir(self) -> Path:
         return Path(self.data) / self.split
@@ -165,7 +205,8 @@ class Run:
     config: TrainConfig
     accelerator: Any
     components: Any
-    controlnet: Any
+    trainable: Any  # the prepared module that trains: the branch, or the UNet carrying the LoRA
+    params: list[torch.nn.Parameter]  # its trainable parameters (the whole branch, or the LoRA's)
     optimizer: Any
     lr_scheduler: Any
     objective: Any
@@ -173,6 +214,16 @@ class Run:
     weight_dtype: torch.dtype
     total_steps: int
     batches_per_epoch: int
+
+    @property
+    def controlnet(self) -> Any:
+        """The branch the step runs before the UNet; None with a LoRA."""
+        return self.trainable if self.config.adapter == "controlnet" else None
+
+    @property
+    def unet(self) -> Any:
+        """The UNet the step calls: the prepared one carrying the LoRA, or the frozen base."""
+        return self.trainable if self.config.adapter == "lora" else self.components.unet
 
 
 def setup(config: TrainConfig, components: Any = None) -> Run:
@@ -183,6 +234,7 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
 
     from humanfix.data.dataset import EpochSampler, PreparedDataset
     from humanfix.losses.objective import MaskAwareObjective
+    from humanfix.models.lora import add_lora
     from humanfix.models.pipeline import load_components, make_controlnet
 
     dataset = PreparedDataset(config.split_dir, config.conditioning)  # fails fast, before any model loads
@@ -199,16 +251,23 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     components = components or load_components(config.model, config.model_config)
-    set_seed(config.seed)  # the branch's fresh layers (its conditioning embedding) are drawn from the seed
-    controlnet = make_controlnet(components.unet, config.controlnet)
+    set_seed(config.seed)  # the adapter's fresh weights (branch conditioning embedding, LoRA A) come from the seed
+    lora = config.adapter == "lora"
+    trainable = None if lora else make_controlnet(components.unet, config.controlnet)
     for frozen in (components.vae, components.unet, components.text_encoder):
         frozen.requires_grad_(False)
         frozen.eval()
         frozen.to(accelerator.device, dtype=weight_dtype)
-    controlnet.train()
+    if lora:  # on the UNet already in the training dtype, as diffusers does; the LoRA itself in fp32
+        add_lora(components.unet, config.lora_rank, config.lora_alpha, config.lora_targets)
+        trainable = components.unet
+        _checkpoint_lora_alone(accelerator)
+    trainable.train()
     if config.gradient_checkpointing:
-        controlnet.enable_gradient_checkpointing()
         components.unet.enable_gradient_checkpointing()
+        if not lora:
+            trainable.enable_gradient_checkpointing()
+    params = [p for p in trainable.parameters() if p.requires_grad]
 
     optimizer_cls = torch.optim.AdamW
     if config.use_8bit_adam:
@@ -218,7 +277,7 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
             raise UserError("--use-8bit-adam needs bitsandbytes: pip install 'humanfix[bnb]'") from None
         optimizer_cls = bnb.optim.AdamW8bit
     optimizer = optimizer_cls(
-        controlnet.parameters(),
+        params,
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
@@ -234,7 +293,7 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=total_steps * accelerator.num_processes,
     )
-    controlnet, optimizer, lr_scheduler = accelerator.prepare(controlnet, optimizer, lr_scheduler)
+    trainable, optimizer, lr_scheduler = accelerator.prepare(trainable, optimizer, lr_scheduler)
 
     sched = components.noise_scheduler
     objective = MaskAwareObjective(
@@ -248,7 +307,8 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         config,
         accelerator,
         components,
-        controlnet,
+        trainable,
+        params,
         optimizer,
         lr_scheduler,
         objective,
@@ -257,6 +317,26 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         total_steps,
         batches_per_epoch,
     )
+
+
+def _checkpoint_lora_alone(accelerator: Any) -> None:
+    """Checkpoints hold the LoRA (the diffusers file, which diffusers loads as is), not the whole UNet it sits in.
+
+    accelerate's save/load pre-hooks, as diffusers' LoRA training scripts use them: the UNet's entry is taken out
+    of what accelerate writes and reads, and the LoRA is written and read here instead.
+    """
+    from humanfix.models.lora import load_diffusers_lora, save_diffusers_lora
+
+    def save(models: list, weights: list, folder: str) -> None:
+        if accelerator.is_main_process:
+            save_diffusers_lora(accelerator.unwrap_model(models[0]), folder)
+        weights.pop(0)
+
+    def load(models: list, folder: str) -> None:
+        load_diffusers_lora(accelerator.unwrap_model(models.pop(0)), folder)
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
 
 
 def _flat_hparams(config: TrainConfig) -> dict[str, Any]:
@@ -290,7 +370,7 @@ def encode_prompts(run: Run, captions: list[list[str]], g: torch.Generator) -> t
 
 
 def compute_loss(run: Run, batch: dict[str, Any], g: torch.Generator):
-    """The diffusers ControlNet training step, with the objective in place of the plain MSE."""
+    """The diffusers ControlNet (or LoRA) training step, with the objective in place of the plain MSE."""
     c, device, dtype = run.components, run.accelerator.device, run.weight_dtype
     pixel_values = batch["pixel_values"].to(device)
     with torch.no_grad():
@@ -303,20 +383,20 @@ def compute_loss(run: Run, batch: dict[str, Any], g: torch.Generator):
     timesteps = torch.randint(0, n_t, (latents.shape[0],), generator=g, device=device).long()
     noisy_fp32 = c.noise_scheduler.add_noise(latents, noise, timesteps)
     noisy_latents = noisy_fp32.to(dtype)
-    down, mid = run.controlnet(
-        noisy_latents,
-        timesteps,
-        encoder_hidden_states=encoder_hidden_states,
-        controlnet_cond=batch["conditioning"].to(device, dtype=dtype),
-        return_dict=False,
-    )
-    model_pred = c.unet(
-        noisy_latents,
-        timesteps,
-        encoder_hidden_states=encoder_hidden_states,
-        down_block_additional_residuals=[s.to(dtype) for s in down],
-        mid_block_additional_residual=mid.to(dtype),
-        return_dict=False,
+    residuals = {}  # a LoRA sits inside the UNet: no branch to run
+    if run.controlnet is not None:
+        down, mid = run.controlnet(
+            noisy_latents,
+            timesteps,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=batch["conditioning"].to(device, dtype=dtype),
+            return_dict=False,
+        )
+        residuals = dict(
+            down_block_additional_residuals=[s.to(dtype) for s in down], mid_block_additional_residual=mid.to(dtype)
+        )
+    model_pred = run.unet(
+        noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states, **residuals, return_dict=False
     )[0]
     prediction_type = c.noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -394,13 +474,13 @@ def fit(run: Run) -> dict[str, Any]:
             for batch in batches(run, epoch, skip):
                 g = step_generator(cfg, step, micro, acc.process_index, acc.device)
                 micro += 1
-                with acc.accumulate(run.controlnet):
+                with acc.accumulate(run.trainable):
                     out = compute_loss(run, batch, g)
                     finite = bool(acc.gather(torch.isfinite(out.total.detach()).float().reshape(1)).min() > 0)
                     if finite:
                         acc.backward(out.total)
                         if acc.sync_gradients and cfg.max_grad_norm > 0:
-                            acc.clip_grad_norm_(run.controlnet.parameters(), cfg.max_grad_norm)
+                            acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
                         run.optimizer.step()
                     run.lr_scheduler.step()
                     run.optimizer.zero_grad(set_to_none=True)
@@ -537,26 +617,20 @@ def load_checkpoint(run: Run, path: Path) -> dict[str, Any]:
 
 
 def validate(run: Run, step: int) -> list[Path]:
-    """Generate the validation prompts with the branch so far; images to ``OUTPUT/validation/step-N/``."""
-    from diffusers import StableDiffusionControlNetPipeline
+    """Generate the validation prompts with the adapter so far; images to ``OUTPUT/validation/step-N/``."""
+    from dataclasses import replace
+
+    from humanfix.generation.pipelines import build_pipeline
 
     acc = run.accelerator
     if not acc.is_main_process:
         return []
     c, cfg = run.components, run.config
-    pipe = StableDiffusionControlNetPipeline(
-        vae=c.vae,
-        text_encoder=c.text_encoder,
-        tokenizer=c.tokenizer,
-        unet=c.unet,
-        controlnet=acc.unwrap_model(run.controlnet),
-        scheduler=_inference_scheduler(c),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    cond = run.dataset[0]["conditioning"][None].to(acc.device, dtype=run.weight_dtype)
+    branch = acc.unwrap_model(run.controlnet) if run.controlnet is not None else None
+    pipe = build_pipeline(replace(c, unet=acc.unwrap_model(run.unet)), _inference_scheduler(c), branch)
+    extra = {}
+    if branch is not None:
+        extra["image"] = run.dataset[0]["conditioning"][None].to(acc.device, dtype=run.weight_dtype)
     folder = Path(cfg.output) / "validation" / f"step-{step:08d}"
     folder.mkdir(parents=True, exist_ok=True)
     paths, images = [], []
@@ -565,7 +639,7 @@ def validate(run: Run, step: int) -> list[Path]:
             g = torch.Generator(device=acc.device).manual_seed(cfg.seed + k)
             image = pipe(
                 prompt,
-                image=cond,
+                **extra,
                 num_inference_steps=cfg.validation_steps,
                 generator=g,
                 height=run.dataset.height,
@@ -575,7 +649,7 @@ def validate(run: Run, step: int) -> list[Path]:
             image.save(path)
             paths.append(path)
             images.append(image)
-    run.controlnet.train()
+    run.trainable.train()
     for tracker in acc.trackers:
         if tracker.name == "tensorboard":
             import numpy as np
@@ -594,42 +668,60 @@ def _inference_scheduler(components: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------- save
 
 
-def save_branch(run: Run) -> Path:
-    """``OUTPUT/controlnet/`` in the diffusers layout (fp32) plus ``humanfix.json``, written atomically."""
+def save_adapter(run: Run) -> Path:
+    """The trained adapter, written atomically (a temporary folder, then a rename), with ``humanfix.json``.
+
+    ``OUTPUT/controlnet/``: the branch in the diffusers layout (fp32). ``OUTPUT/lora/``: the LoRA as the diffusers
+    file and the kohya single file (:mod:`humanfix.models.lora`).
+    """
+    from humanfix.models.lora import kohya_metadata, save_diffusers_lora, write_kohya_lora
     from humanfix.models.pipeline import write_branch_meta
 
     acc, cfg = run.accelerator, run.config
     acc.wait_for_everyone()
-    final = Path(cfg.output) / "controlnet"
+    final = Path(cfg.output) / cfg.adapter
     if not acc.is_main_process:
         return final
-    tmp = Path(cfg.output) / ".tmp-controlnet"
+    tmp = Path(cfg.output) / f".tmp-{cfg.adapter}"
     shutil.rmtree(tmp, ignore_errors=True)
-    acc.unwrap_model(run.controlnet).to(torch.float32).save_pretrained(tmp, safe_serialization=True)
-    write_branch_meta(
-        tmp,
-        conditioning=cfg.conditioning,
+    resolution = [run.dataset.width, run.dataset.height]
+    meta = dict(
+        adapter=cfg.adapter,
         base_model=cfg.model,
         objective=to_toml_dict(cfg.objective),
         perceptual_weights=cfg.objective.perceptual_weights,
         steps=run.total_steps,
-        resolution=[run.dataset.width, run.dataset.height],
+        resolution=resolution,
     )
+    if cfg.adapter == "lora":
+        save_diffusers_lora(acc.unwrap_model(run.trainable), tmp)
+        header = kohya_metadata(cfg.lora_rank, cfg.lora_alpha, run.total_steps, resolution, config_toml(cfg))
+        write_kohya_lora(tmp, cfg.lora_alpha, header)
+        meta.update(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
+    else:
+        acc.unwrap_model(run.trainable).to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+        meta.update(conditioning=cfg.conditioning)
+    write_branch_meta(tmp, **meta)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
 
 
-def save_config(config: TrainConfig) -> Path:
+def config_toml(config: TrainConfig) -> str:
+    """The resolved config as TOML: ``OUTPUT/training_config.toml``, which ``--config`` reads back unchanged."""
     import tomli_w
 
+    return tomli_w.dumps(to_toml_dict(config))
+
+
+def save_config(config: TrainConfig) -> Path:
     path = Path(config.output) / "training_config.toml"
-    path.write_text(tomli_w.dumps(to_toml_dict(config)))
+    path.write_text(config_toml(config))
     return path
 
 
 def train(config: TrainConfig) -> Path:
-    """Run training; returns ``OUTPUT/controlnet``."""
+    """Run training; returns ``OUTPUT/controlnet`` or ``OUTPUT/lora``."""
     run = setup(config)
     acc = run.accelerator
     if acc.is_main_process:
@@ -637,10 +729,16 @@ def train(config: TrainConfig) -> Path:
         save_config(config)
     try:
         final_state = fit(run)
-        path = save_branch(run)
+        path = save_adapter(run)
     finally:
         acc.end_training()
     if acc.is_main_process:
         skipped = final_state["nonfinite_total"]
-        log.info("trained %d steps (%d skipped as non-finite); branch saved to %s", final_state["step"], skipped, path)
+        log.info(
+            "trained %d steps (%d skipped as non-finite); %s saved to %s",
+            final_state["step"],
+            skipped,
+            config.adapter,
+            path,
+        )
     return path

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from humanfix.errors import UserError
+from humanfix.models.lora import LORA_WEIGHTS
 from humanfix.models.pipeline import CONDITIONINGS, read_branch_meta
 
-BASE_LABEL = "base"  # --compare's name for plain SD (no branch)
+BASE_LABEL = "base"  # --compare's name for plain SD (no adapter)
 INDEX_KEYS = (
     "file",
     "prompt",
@@ -29,6 +30,7 @@ INDEX_KEYS = (
     "seed",
     "model",
     "branch",
+    "lora",
     "label",
     "steps",
     "guidance_scale",
@@ -37,6 +39,7 @@ INDEX_KEYS = (
     "width",
     "conditioning",
     "conditioning_scale",
+    "lora_scale",
     "condition_image",
 )  # one record of OUTPUT/index.jsonl, in this order; evaluate reads it
 
@@ -70,12 +73,13 @@ class Job:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One row of a comparison: plain SD (``branch`` None) or SD plus a ControlNet branch."""
+    """One row of a comparison: plain SD, SD plus a ControlNet branch, or SD with a LoRA (at most one adapter)."""
 
     label: str
     branch: Path | None
-    conditioning: str | None  # the branch's saved training choice; None for plain SD
+    conditioning: str | None  # the branch's saved training choice; None without a branch
     subdir: str  # where its images go inside OUTPUT ("" without --compare)
+    lora: Path | None = None  # a LoRA folder (pytorch_lora_weights.safetensors)
 
 
 def read_prompts(prompts: Sequence[str], prompts_file: Path | None) -> list[PromptSpec]:
@@ -144,43 +148,65 @@ def _safe_label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "branch"
 
 
-def _branch_spec(label: str | None, folder: str, taken: set[str], subdir: bool) -> ModelSpec:
+ADAPTER_FILES = {"controlnet": "config.json", "lora": LORA_WEIGHTS}  # the file that says what a folder holds
+ADAPTER_NAMES = {"controlnet": "ControlNet branch", "lora": "LoRA"}
+
+
+def adapter_kind(path: Path) -> str | None:
+    """What a folder holds: ``"controlnet"`` (config.json), ``"lora"`` (pytorch_lora_weights.safetensors) or None."""
+    return next((kind for kind, name in ADAPTER_FILES.items() if (path / name).is_file()), None)
+
+
+def _adapter_spec(label: str | None, folder: str, taken: set[str], subdir: bool, want: str | None) -> ModelSpec:
+    """The row of a branch or LoRA folder; ``want`` is what the flag asks for (None: either, as --compare)."""
     path = Path(folder).expanduser()
+    what = ADAPTER_NAMES.get(want, "adapter")
     if not path.is_dir():
-        raise UserError(f"ControlNet branch not found: {path} is not a folder")
-    if not (path / "config.json").is_file():
-        raise UserError(f"ControlNet branch not found: {path} has no config.json")
-    conditioning = read_branch_meta(path).get("conditioning", "none")
-    if conditioning not in CONDITIONINGS:
-        raise UserError(f"{path}: unknown conditioning {conditioning!r} in its humanfix.json")
-    if label is None:  # the folder's name; for training's generic RUN/controlnet, the run's name
+        raise UserError(f"{what} not found: {path} is not a folder")
+    kind = adapter_kind(path)
+    if kind is None or want not in (None, kind):
+        needs = f"no {ADAPTER_FILES[want]}" if want else f"neither config.json nor {LORA_WEIGHTS}"
+        hint = f" (it holds a {ADAPTER_NAMES[kind]}: pass it with --{kind})" if kind else ""
+        raise UserError(f"{what} not found: {path} has {needs}{hint}")
+    conditioning = None
+    if kind == "controlnet":
+        conditioning = read_branch_meta(path).get("conditioning", "none")
+        if conditioning not in CONDITIONINGS:
+            raise UserError(f"{path}: unknown conditioning {conditioning!r} in its humanfix.json")
+    if label is None:  # the folder's name; for training's generic RUN/controlnet or RUN/lora, the run's name
         parts = path.resolve().parts
-        label = _safe_label(parts[-2] if parts[-1] == "controlnet" and len(parts) > 1 else parts[-1])
+        label = _safe_label(parts[-2] if parts[-1] == kind and len(parts) > 1 else parts[-1])
         if label in taken:
             label = _safe_label("-".join(parts[-2:]))
     label = _safe_label(label)
     base, k = label, 2
     while label in taken:
         label, k = f"{base}-{k}", k + 1
+    if kind == "lora":
+        return ModelSpec(label, None, None, label if subdir else "", lora=path)
     return ModelSpec(label, path, conditioning, label if subdir else "")
 
 
-def resolve_models(controlnet: Path | None, compare: Sequence[str] | None) -> list[ModelSpec]:
-    """The models of the run, in row order; each branch folder is checked to exist here.
+def resolve_models(controlnet: Path | None, compare: Sequence[str] | None, lora: Path | None = None) -> list[ModelSpec]:
+    """The models of the run, in row order; each adapter folder is checked here to be what it is used as.
 
-    Without ``compare``: one model (plain SD, or SD plus ``controlnet``) writing into OUTPUT itself.
-    With it: ``base`` means plain SD, anything else a branch folder, optionally as ``LABEL=DIR``;
-    each model writes into ``OUTPUT/LABEL``.
+    Without ``compare``: one model (plain SD, SD plus ``controlnet``, or SD with ``lora``) writing into OUTPUT
+    itself. With it: ``base`` means plain SD, anything else a branch or LoRA folder (each folder says which),
+    optionally as ``LABEL=DIR``; each model writes into ``OUTPUT/LABEL``.
     """
     if compare is None:
-        if controlnet is None:
-            return [ModelSpec(BASE_LABEL, None, None, "")]
-        return [_branch_spec(None, str(controlnet), set(), subdir=False)]
-    if controlnet is not None:
-        raise UserError("give either --controlnet or --compare (list the branch in --compare instead)")
+        if controlnet is not None and lora is not None:
+            raise UserError("give either --controlnet or --lora: one adapter per model (compare them with --compare)")
+        if controlnet is not None:
+            return [_adapter_spec(None, str(controlnet), set(), subdir=False, want="controlnet")]
+        if lora is not None:
+            return [_adapter_spec(None, str(lora), set(), subdir=False, want="lora")]
+        return [ModelSpec(BASE_LABEL, None, None, "")]
+    if controlnet is not None or lora is not None:
+        raise UserError("give either --controlnet/--lora or --compare (list the adapter in --compare instead)")
     items = [c.strip() for c in compare if c.strip()]
     if not items:
-        raise UserError("--compare needs at least one model: base and/or branch folders, comma-separated")
+        raise UserError("--compare needs at least one model: base and/or adapter folders, comma-separated")
     models: list[ModelSpec] = []
     for item in items:
         taken = {m.label for m in models}
@@ -191,17 +217,19 @@ def resolve_models(controlnet: Path | None, compare: Sequence[str] | None) -> li
                 raise UserError(f"--compare lists {name!r} twice")
             models.append(ModelSpec(name, None, None, name))
         else:
-            models.append(_branch_spec(label or None, folder, taken | {BASE_LABEL}, subdir=True))
+            models.append(_adapter_spec(label or None, folder, taken | {BASE_LABEL}, subdir=True, want=None))
     return models
 
 
 def index_record(job: Job, model: ModelSpec, settings: dict[str, Any], condition_image: str | None) -> dict:
     """The index.jsonl record (and PNG "parameters" chunk) of ``job`` drawn by ``model``.
 
-    ``settings`` holds ``model, steps, guidance_scale, scheduler, height, width, conditioning_scale``.
-    Plain SD has ``branch``, ``conditioning``, ``conditioning_scale`` and ``condition_image`` null.
+    ``settings`` holds ``model, steps, guidance_scale, scheduler, height, width, conditioning_scale, lora_scale``.
+    Without a branch, ``branch``, ``conditioning``, ``conditioning_scale`` and ``condition_image`` are null;
+    without a LoRA, ``lora`` and ``lora_scale``.
     """
     has_branch = model.branch is not None
+    has_lora = model.lora is not None
     needs_image = model.conditioning in ("pose", "mask")
     rec = {
         "file": f"{model.subdir}/{job.name}" if model.subdir else job.name,
@@ -210,6 +238,7 @@ def index_record(job: Job, model: ModelSpec, settings: dict[str, Any], condition
         "seed": job.seed,
         "model": settings["model"],
         "branch": str(model.branch) if has_branch else None,
+        "lora": str(model.lora) if has_lora else None,
         "label": model.label,
         "steps": settings["steps"],
         "guidance_scale": settings["guidance_scale"],
@@ -218,6 +247,7 @@ def index_record(job: Job, model: ModelSpec, settings: dict[str, Any], condition
         "width": settings["width"],
         "conditioning": model.conditioning if has_branch else None,
         "conditioning_scale": settings["conditioning_scale"] if has_branch else None,
+        "lora_scale": settings["lora_scale"] if has_lora else None,
         "condition_image": (job.condition_image or condition_image) if needs_image else None,
     }
     assert tuple(rec) == INDEX_KEYS

@@ -1,6 +1,6 @@
 """PNG files that carry how they were made, written atomically so a killed run leaves no half file.
 
-Text chunks (lower-case keys): ``prompt``, ``negative_prompt``, ``seed``, ``model``, ``branch``, ``label``
+Text chunks (lower-case keys): ``prompt``, ``negative_prompt``, ``seed``, ``model``, ``branch``, ``lora``, ``label``
 and ``parameters`` (the whole index record as JSON, plus ``dtype`` and ``software``). Nothing in them
 depends on the time or the machine, so the same pixels always give the same file bytes.
 """
@@ -22,7 +22,7 @@ SOFTWARE = f"humanfix {humanfix.__version__}" if hasattr(humanfix, "__version__"
 def save_png(image: Image.Image, path: Path, record: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Write ``image`` to ``path`` (via a temporary file and a rename) with ``record`` in text chunks."""
     info = PngImagePlugin.PngInfo()
-    for key in ("prompt", "negative_prompt", "seed", "model", "branch", "label"):
+    for key in ("prompt", "negative_prompt", "seed", "model", "branch", "lora", "label"):
         value = record.get(key)
         info.add_text(key, "" if value is None else str(value))  # iTXt (UTF-8) when not latin-1
     params = {k: v for k, v in record.items() if k != "file"} | (extra or {}) | {"software": SOFTWARE}

@@ -23,7 +23,7 @@ from humanfix.models.tiny import TINY_NOTICE, ensure_tiny_model
 
 log = logging.getLogger(__name__)
 
-BRANCH_META = "humanfix.json"  # beside a saved branch's config.json: how it was trained
+BRANCH_META = "humanfix.json"  # beside a saved branch's config.json or LoRA's weights: how it was trained
 CONDITIONINGS = ("none", "pose", "mask")
 
 
@@ -133,7 +133,7 @@ def check_branch_fits(branch_config: Any, unet_config: Any, where: Any) -> None:
 
 
 def read_branch_meta(folder: str | Path) -> dict[str, Any]:
-    """What training saved beside a branch (conditioning, base model, objective); ``{}`` for a foreign branch."""
+    """What training saved beside a branch or a LoRA (adapter, base model, objective, …); ``{}`` for a foreign one."""
     meta = Path(folder) / BRANCH_META
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
