@@ -128,3 +128,33 @@ def fresh_accelerate_state():
     """Resets accelerate after every test; tests that run twice in one test call the returned function between."""
     yield reset_accelerate
     reset_accelerate()
+
+
+def write_lora(folder: Path, unet, rank: int = 4, alpha: float = 8.0, targets: str = "attn-ff-conv") -> Path:
+    """A LoRA on ``unet`` (modified in place) saved as training saves it: both files and humanfix.json.
+
+    Its B matrices are drawn at random (training starts them at zero) so that it changes the images.
+    """
+    import torch
+
+    from humanfix.models.lora import add_lora, kohya_metadata, save_diffusers_lora, write_kohya_lora
+    from humanfix.models.pipeline import write_branch_meta
+
+    torch.manual_seed(1)
+    add_lora(unet, rank, alpha, targets)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    save_diffusers_lora(unet, folder)
+    write_kohya_lora(folder, alpha, kohya_metadata(rank, alpha, 0, [64, 64], 'model = "tiny"\n'))
+    write_branch_meta(folder, adapter="lora", base_model="tiny", rank=rank, alpha=alpha, targets=targets)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_model, tmp_path_factory) -> Path:
+    """``RUN/lora`` for the tiny UNet: rank 4, alpha 8 (≠ rank), attention, feed-forward and conv targets."""
+    from humanfix.models.pipeline import load_components
+
+    return write_lora(tmp_path_factory.mktemp("loras") / "lora-run" / "lora", load_components(str(tiny_model)).unet)

@@ -18,6 +18,12 @@ def _branch(folder, conditioning=None):
     return folder
 
 
+def _lora(folder):
+    folder.mkdir(parents=True)
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    return folder
+
+
 def test_prompts_from_arguments_text_and_jsonl(tmp_path):
     txt = tmp_path / "p.txt"
     txt.write_text("a skier\n\n  two people hugging  \n")
@@ -79,14 +85,27 @@ def test_model_labels(tmp_path):
     assert resolve_models(None, None)[0].branch is None
 
 
+def test_lora_folders_say_what_they_are(tmp_path):
+    branch = _branch(tmp_path / "run" / "controlnet")
+    lora = _lora(tmp_path / "run" / "lora")
+    models = resolve_models(None, ["base", str(branch), str(lora)])
+    assert [(m.label, m.branch, m.lora) for m in models] == [
+        ("base", None, None), ("run", branch, None), ("run-lora", None, lora),
+    ]  # fmt: skip
+    (single,) = resolve_models(None, None, lora)
+    assert (single.label, single.subdir, single.lora, single.conditioning) == ("run", "", lora, None)
+
+
 def test_model_errors(tmp_path):
     a = _branch(tmp_path / "run" / "controlnet")
     with pytest.raises(UserError, match="not a folder"):
         resolve_models(tmp_path / "missing", None)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match="neither config.json nor pytorch_lora_weights.safetensors"):
         resolve_models(None, ["base", str(tmp_path / "empty")])
-    with pytest.raises(UserError, match="either --controlnet or --compare"):
+    with pytest.raises(UserError, match="no config.json"):
+        resolve_models(tmp_path / "empty", None)
+    with pytest.raises(UserError, match="either --controlnet/--lora or --compare"):
         resolve_models(a, ["base"])
     with pytest.raises(UserError, match="twice"):
         resolve_models(None, ["base", "base"])
@@ -98,11 +117,19 @@ def test_index_record_keys(tmp_path):
     a = _branch(tmp_path / "run" / "controlnet", "mask")
     (job,) = make_jobs(read_prompts(["p"], None), 1, 0, "")
     settings = dict(model="tiny", steps=2, guidance_scale=7.5, scheduler="ddim", height=64, width=64,
-                    conditioning_scale=0.5)  # fmt: skip
-    base, branch = resolve_models(None, ["base", str(a)])
+                    conditioning_scale=0.5, lora_scale=0.8)  # fmt: skip
+    base, branch, lora = resolve_models(None, ["base", str(a), str(_lora(tmp_path / "l" / "lora"))])
     rb = index_record(job, base, settings, "pose.png")
     rc = index_record(job, branch, settings, "pose.png")
-    assert tuple(rb) == tuple(rc) == INDEX_KEYS
+    rl = index_record(job, lora, settings, "pose.png")
+    assert tuple(rb) == tuple(rc) == tuple(rl) == INDEX_KEYS
     assert (rb["branch"], rb["conditioning"], rb["conditioning_scale"], rb["condition_image"]) == (None,) * 4
+    assert (rb["lora"], rb["lora_scale"], rc["lora"], rc["lora_scale"]) == (None,) * 4
     assert (rc["conditioning"], rc["conditioning_scale"], rc["condition_image"]) == ("mask", 0.5, "pose.png")
+    assert (rl["lora"], rl["lora_scale"], rl["branch"], rl["conditioning"]) == (
+        str(tmp_path / "l" / "lora"),
+        0.8,
+        None,
+        None,
+    )
     assert rb["file"] == "base/00000_00_seed0.png" and rc["file"] == "run/00000_00_seed0.png"
