@@ -18,6 +18,11 @@ The last line printed is JSON.
     python benchmarks/step_cost.py --model tiny --resolution 64   # a smoke test in seconds
     python benchmarks/step_cost.py --measure-region-error  # box-window decode vs full decode
     python benchmarks/step_cost.py --measure-decode        # the decode alone, humanfix vs diffusers' vae.decode
+    python benchmarks/step_cost.py --adapter lora --modes plain,perceptual  # + the same steps with a UNet LoRA
+
+``--adapter lora`` also runs the plain and perceptual modes with a LoRA on the UNet (rank
+``--lora-rank``, attention targets) in place of the branch, in its own process, on the same scene: the LoRA step
+skips the branch's forward and backward; ``lora_vs_branch`` is the LoRA step's time over the branch step's.
 """
 
 from __future__ import annotations
@@ -147,6 +152,7 @@ def worker(args: argparse.Namespace) -> dict:
             gradient_checkpointing=True,
             mixed_precision=args.mixed_precision,
             objective=objective,
+            **({"adapter": "lora", "lora_rank": args.lora_rank} if args.train_adapter == "lora" else {}),
         )
         components = sd15_components(torch.float32) if args.model == "sd15" else None
         run = setup(cfg, components)
@@ -357,7 +363,10 @@ def main() -> None:
     ap.add_argument("--measure-region-error", action="store_true")
     ap.add_argument("--measure-decode", action="store_true", help="the decode alone: humanfix vs diffusers' decode")
     ap.add_argument("--margins", type=int, nargs="+", default=[0, 2, 4, 8, 16])
+    ap.add_argument("--adapter", default="controlnet", choices=["controlnet", "lora"], help="lora: compare with a LoRA")
+    ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
+    ap.add_argument("--train-adapter", default="controlnet", help=argparse.SUPPRESS)  # a worker's adapter
     args = ap.parse_args()
     args.mixed_precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
     if args.device == "cpu":
@@ -372,15 +381,17 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     results = {}
-    for mode in args.modes.split(","):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode]
+    modes = args.modes.split(",")
+    runs = [(mode, mode, []) for mode in modes]
+    if args.adapter == "lora":
+        runs += [(f"lora-{m}", m, ["--train-adapter", "lora"]) for m in modes if m in ("plain", "perceptual")]
+    for key, mode, extra in runs:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--mode", mode, *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         if proc.returncode:
-            sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-        results[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(
-            f"{mode:>10}: {results[mode]['step_s']:.3f} s/step, peak {results[mode]['peak_gb']:.2f} GB", file=sys.stderr
-        )
+            sys.exit(f"{key} failed:\n{proc.stderr[-3000:]}")
+        results[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{key:>15}: {results[key]['step_s']:.3f} s/step, peak {results[key]['peak_gb']:.2f} GB", file=sys.stderr)
     summary = {
         "resolution": args.resolution,
         "persons": args.persons,
@@ -421,6 +432,10 @@ def main() -> None:
             diffusers_s=results["diffusers"]["step_s"],
             plain_vs_diffusers=results["plain"]["step_s"] / results["diffusers"]["step_s"],
         )
+    for mode in (m for m in modes if f"lora-{m}" in results):  # the LoRA step against the branch step
+        branch, lora = results[mode], results[f"lora-{mode}"]
+        summary[f"lora_vs_branch_{mode}"] = lora["step_s"] / branch["step_s"]
+        summary[f"lora_peak_delta_gb_{mode}"] = lora["peak_gb"] - branch["peak_gb"]
     summary["runs"] = results  # every mode's raw figures: per-step times and page faults, peak
     print(json.dumps(summary))
 
