@@ -18,11 +18,12 @@ The last line printed is JSON.
     python benchmarks/step_cost.py --model tiny --resolution 64   # a smoke test in seconds
     python benchmarks/step_cost.py --measure-region-error  # box-window decode vs full decode
     python benchmarks/step_cost.py --measure-decode        # the decode alone, humanfix vs diffusers' vae.decode
-    python benchmarks/step_cost.py --adapter lora --modes plain,perceptual  # + the same steps with a UNet LoRA
+    python benchmarks/step_cost.py --adapter lora --modes plain,perceptual,adapters  # a UNet LoRA vs the branch
 
-``--adapter lora`` also runs the plain and perceptual modes with a LoRA on the UNet (rank
-``--lora-rank``, attention targets) in place of the branch, in its own process, on the same scene: the LoRA step
-skips the branch's forward and backward; ``lora_vs_branch`` is the LoRA step's time over the branch step's.
+A LoRA on the UNet (rank ``--lora-rank``, attention targets) in place of the branch, same scene: its step skips
+the branch's forward and backward. ``--adapter lora`` runs the plain and perceptual modes with the LoRA too, each
+in its own process (peak RSS); the mode ``adapters`` alternates the branch's and the LoRA's plain and perceptual
+steps in one process (the time ratio; the LoRA's layers are disabled during the branch's steps).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def worker(args: argparse.Namespace) -> dict:
     from humanfix.config import build_config
     from humanfix.train import TrainConfig, compute_loss, setup, step_generator
 
-    lambdas = (0.2, 0.5) if args.mode in ("perceptual", "ratio") else (0.0, 0.0)
+    lambdas = (0.2, 0.5) if args.mode in ("perceptual", "ratio", "adapters") else (0.0, 0.0)
     objective = {
         "lambda_lpips": lambdas[0],
         "lambda_face": lambdas[1],
@@ -164,6 +165,8 @@ def worker(args: argparse.Namespace) -> dict:
         )
         if args.mode == "ratio":  # plain and perceptual humanfix steps alternating in one process
             steps = [_with_objective(run, cfg, plain=True), _with_objective(run, cfg, plain=False)]
+        if args.mode == "adapters":
+            steps = _adapter_steps(run, cfg, args.lora_rank)
         times: dict[str, list[float]] = {step.__name__: [] for step in steps}
         faults: dict[str, list[int]] = {step.__name__: [] for step in steps}  # minor page faults per step
         for k in range(args.warmup + args.steps):
@@ -207,6 +210,29 @@ def _with_objective(run, cfg, plain: bool):
 
     step.__name__ = "plain_step" if plain else "perceptual_step"
     return step
+
+
+def _adapter_steps(run, cfg, lora_rank: int) -> list:
+    """The branch's and a LoRA's plain and perceptual steps, on the same models (the LoRA added to the UNet after
+    the branch was copied from it, and disabled during the branch's steps)."""
+    from dataclasses import replace
+
+    from humanfix.train import setup
+
+    lora_run = setup(replace(cfg, adapter="lora", lora_rank=lora_rank), run.components)
+    unet = run.components.unet
+    steps = []
+    for plain in (True, False):
+        for name, own, switch in (("branch", run, unet.disable_adapters), ("lora", lora_run, unet.enable_adapters)):
+            inner = _with_objective(own, cfg, plain)
+
+            def step(_run, batch, g, compute_loss, inner=inner, own=own, switch=switch):
+                switch()
+                inner(own, batch, g, compute_loss)
+
+            step.__name__ = f"{name}_{inner.__name__}"
+            steps.append(step)
+    return steps
 
 
 def _collate():
@@ -355,7 +381,8 @@ def main() -> None:
     ap.add_argument(
         "--modes",
         default="plain,perceptual,diffusers",
-        help="plain, perceptual, diffusers, interleaved (humanfix vs diffusers), ratio (plain vs perceptual)",
+        help="plain, perceptual, diffusers, interleaved (humanfix vs diffusers), ratio (plain vs perceptual), "
+        "adapters (branch vs LoRA)",
     )
     ap.add_argument("--decode-region", default="boxes", choices=["boxes", "full"])
     ap.add_argument("--decode-margin", type=int, default=2)
@@ -436,6 +463,12 @@ def main() -> None:
         branch, lora = results[mode], results[f"lora-{mode}"]
         summary[f"lora_vs_branch_{mode}"] = lora["step_s"] / branch["step_s"]
         summary[f"lora_peak_delta_gb_{mode}"] = lora["peak_gb"] - branch["peak_gb"]
+    if "adapters" in results:
+        r = results["adapters"]
+        for kind in ("plain", "perceptual"):
+            summary[f"lora_vs_branch_{kind}_interleaved"] = (
+                r[f"lora_{kind}_step"]["step_s"] / r[f"branch_{kind}_step"]["step_s"]
+            )
     summary["runs"] = results  # every mode's raw figures: per-step times and page faults, peak
     print(json.dumps(summary))
 

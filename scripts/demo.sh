@@ -8,21 +8,19 @@ HF=${HUMANFIX:-.venv/bin/humanfix}
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUT:-demo-output}
 export HUMANFIX_HOME=${HUMANFIX_HOME:-$PWD/$OUT/home}
-rm -rf "$OUT/coco" "$OUT/data" "$OUT/run" "$OUT/generate" "$OUT/evaluate"
+rm -rf "$OUT/coco" "$OUT/data" "$OUT/run" "$OUT/run-lora" "$OUT/generate" "$OUT/evaluate"
 mkdir -p "$OUT"
 start=$(date +%s)
 stage() { printf '\n\033[1m== %s\033[0m (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
 
-stage "1/5 sample set: 6 COCO-format images of 2 real people from scikit-image"
+stage "1/6 sample set: 6 COCO-format images of 2 real people from scikit-image"
 "$PY" -m humanfix.data.sample "$OUT/coco"
 
-stage "2/5 prepare-data: filter, resize to 128², person masks, face boxes (keypoints + MTCNN), crops"
+stage "2/6 prepare-data: filter, resize to 128², person masks, face boxes (keypoints + MTCNN), crops"
 "$HF" prepare-data --coco-root "$OUT/coco" --split val --resolution 128 --min-face-size 8 --workers 2 --out "$OUT/data"
 
-stage "3/5 train: 30 steps of a ControlNet branch on the tiny model, perceptual terms on (T=1000: every sample gated in)"
-"$HF" train --model tiny --data "$OUT/data" --split val --batch-size 2 --max-steps 30 --learning-rate 1e-4 \
-  --lambda-lpips 0.2 --lambda-face 0.5 --timestep-threshold 1000 --checkpoint-every 15 --output "$OUT/run"
-"$PY" - "$OUT/run/metrics.jsonl" <<'PY'
+losses() {
+  "$PY" - "$1/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 first, last = rows[0], rows[-1]
@@ -31,15 +29,29 @@ print(f"   step {first['step']}: loss {first['loss']:.4f} (LDM {first['loss_ldm'
 print(f"   step {last['step']}: loss {last['loss']:.4f} (LDM {last['loss_ldm']:.4f}, LPIPS {last['loss_lpips']:.4f}, "
       f"face {last['loss_face']:.4f}); {last['images_per_s']:.1f} images/s")
 PY
+}
 
-stage "4/5 generate: the same prompts and seeds through plain SD and SD + the branch, with a comparison grid"
+stage "3/6 train: 30 steps of a ControlNet branch on the tiny model, perceptual terms on (T=1000: every sample gated in)"
+"$HF" train --model tiny --data "$OUT/data" --split val --batch-size 2 --max-steps 30 --learning-rate 1e-4 \
+  --lambda-lpips 0.2 --lambda-face 0.5 --timestep-threshold 1000 --checkpoint-every 15 --output "$OUT/run"
+losses "$OUT/run"
+
+stage "4/6 train: the same objective on a rank-8 LoRA on the UNet instead (diffusers and A1111/ComfyUI files)"
+"$HF" train --model tiny --adapter lora --lora-rank 8 --data "$OUT/data" --split val --batch-size 2 --max-steps 30 \
+  --learning-rate 1e-3 --lambda-lpips 0.2 --lambda-face 0.5 --timestep-threshold 1000 --checkpoint-every 15 \
+  --output "$OUT/run-lora"
+losses "$OUT/run-lora"
+
+stage "5/6 generate: the same prompts and seeds through plain SD, SD + the branch and SD with the LoRA: comparison grids"
 "$HF" generate "an astronaut smiling for a portrait" "a man filming with a camera on a tripod" --model tiny \
-  --compare "base,$OUT/run/controlnet" --num-images 2 --steps 10 --height 128 --width 128 --output "$OUT/generate"
+  --compare "base,$OUT/run/controlnet,$OUT/run-lora/lora" --num-images 2 --steps 10 --height 128 --width 128 \
+  --output "$OUT/generate"
 
-stage "5/5 evaluate: face detection on generated and real images, and the blind A/B inspection page"
+stage "6/6 evaluate: face detection on generated and real images, and the blind A/B inspection page"
 "$HF" evaluate --faces --report --generated "$OUT/generate" --real "$OUT/data/val" --output "$OUT/evaluate"
 
 stage "done"
 echo "branch:  $OUT/run/controlnet (diffusers layout)"
+echo "LoRA:    $OUT/run-lora/lora (pytorch_lora_weights.safetensors: diffusers; humanfix_lora.safetensors: A1111, ComfyUI)"
 echo "grids:   $OUT/generate/grids/"
 echo "report:  $PWD/$OUT/evaluate/report.html"

@@ -1,4 +1,5 @@
-"""The CLI chain end to end, as `make demo` runs it: sample set -> prepare-data -> train -> generate -> evaluate."""
+"""The CLI chain end to end, as `make demo` runs it: sample set -> prepare-data -> train (a branch and a LoRA)
+-> generate -> evaluate."""
 
 import json
 
@@ -22,14 +23,17 @@ def test_sample_set_is_valid_coco(tmp_path):
 
 def test_cli_chain(tmp_path, humanfix_cli):
     coco = write_sample_coco(tmp_path / "coco")
-    data, run, gen, ev = (tmp_path / n for n in ("data", "run", "generate", "evaluate"))
+    data, run, lora, gen, ev = (tmp_path / n for n in ("data", "run", "lora-run", "generate", "evaluate"))
     steps = [
         ["prepare-data", "--coco-root", coco, "--split", "val", "--resolution", "64", "--min-face-size", "8",
          "--workers", "1", "--out", data],
         ["train", "--model", "tiny", "--data", data, "--split", "val", "--batch-size", "2", "--max-steps", "2",
          "--lambda-lpips", "0.2", "--lambda-face", "0.5", "--timestep-threshold", "1000", "--output", run],
-        ["generate", "a person smiling", "--model", "tiny", "--compare", f"base,{run / 'controlnet'}", "--steps", "2",
-         "--height", "64", "--width", "64", "--output", gen],
+        ["train", "--model", "tiny", "--adapter", "lora", "--lora-rank", "4", "--data", data, "--split", "val",
+         "--batch-size", "2", "--max-steps", "1", "--lambda-lpips", "0.5", "--timestep-threshold", "1000",
+         "--output", lora],
+        ["generate", "a person smiling", "--model", "tiny", "--compare", f"base,{run / 'controlnet'},{lora / 'lora'}",
+         "--steps", "2", "--height", "64", "--width", "64", "--output", gen],
         ["evaluate", "--faces", "--report", "--generated", gen, "--real", data / "val", "--output", ev],
     ]  # fmt: skip
     for args in steps:
@@ -40,5 +44,6 @@ def test_cli_chain(tmp_path, humanfix_cli):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss_lpips"] is not None and metrics[-1]["loss_face"] is not None
     index = [json.loads(line) for line in (gen / "index.jsonl").read_text().splitlines()]
-    assert len(index) == 2 and len({r["label"] for r in index}) == 2
+    assert len(index) == 3 and [r["label"] for r in index] == ["base", "run", "lora-run"]
     assert (ev / "report.html").is_file() and (ev / "metrics.json").is_file()
+    assert {"base", "run", "lora-run"} <= set(json.loads((ev / "metrics.json").read_text())["models"])
