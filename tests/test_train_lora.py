@@ -1,6 +1,9 @@
 """humanfix train --adapter lora: the same loop and objective with a LoRA on the UNet in place of the branch."""
 
 import json
+import os
+import subprocess
+import sys
 import tomllib
 
 import numpy as np
@@ -152,3 +155,30 @@ def test_cli_train_lora_end_to_end(prepared_set, tmp_path, humanfix_cli):
     ):
         code, _, err = humanfix_cli([*args, *bad, "--output", tmp_path / "bad"])
         assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_checkpoint_and_resume_the_lora_exactly(prepared_set, tmp_path, tiny_model):
+    """torchrun, 2 CPU processes (CUDA hidden): rank 0 alone writes the LoRA checkpoint; every rank reads it back."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def launch(out, steps, port, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "humanfix.cli", "train", "--model", "tiny", "--adapter", "lora", "--lora-rank", "4", "--data",
+               str(prepared_set), "--split", "val", "--batch-size", "1", "--max-steps", str(steps), "--learning-rate",
+               "1e-3", "--lambda-lpips", "0.5", "--timestep-threshold", "1000", "--output", str(out), *extra,
+        ]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, [line for line in r.stderr.splitlines() if "error" in line.lower()][:5]
+        assert r.stdout.count("LoRA saved") == 1 and f"rank 1/2 finished at step {steps}" in r.stderr
+        return out / "lora" / LORA_WEIGHTS
+
+    straight = launch(tmp_path / "straight", 3, 29581, "--checkpoint-every", "0")
+    launch(tmp_path / "resumed", 2, 29582, "--checkpoint-every", "2")
+    assert {p.name for p in (tmp_path / "resumed" / "checkpoints" / "step-00000002").iterdir()} == {
+        LORA_WEIGHTS, "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin",
+        "trainer_state.json",
+    }  # fmt: skip
+    resumed = launch(tmp_path / "resumed", 3, 29583, "--resume", "latest")
+    a, b = load_file(straight), load_file(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
