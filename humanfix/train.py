@@ -323,17 +323,20 @@ def _checkpoint_lora_alone(accelerator: Any) -> None:
     """Checkpoints hold the LoRA (the diffusers file, which diffusers loads as is), not the whole UNet it sits in.
 
     accelerate's save/load pre-hooks, as diffusers' LoRA training scripts use them: the UNet's entry is taken out
-    of what accelerate writes and reads, and the LoRA is written and read here instead.
+    of what accelerate writes and reads, and the LoRA is written and read here instead. (Under DeepSpeed or FSDP,
+    which save models their own way, accelerate hands the hooks no entry and they leave the checkpoint alone.)
     """
     from humanfix.models.lora import load_diffusers_lora, save_diffusers_lora
 
     def save(models: list, weights: list, folder: str) -> None:
-        if accelerator.is_main_process:
-            save_diffusers_lora(accelerator.unwrap_model(models[0]), folder)
-        weights.pop(0)
+        if weights:
+            if accelerator.is_main_process:
+                save_diffusers_lora(accelerator.unwrap_model(models[0]), folder)
+            weights.pop(0)
 
     def load(models: list, folder: str) -> None:
-        load_diffusers_lora(accelerator.unwrap_model(models.pop(0)), folder)
+        if models:
+            load_diffusers_lora(accelerator.unwrap_model(models.pop(0)), folder)
 
     accelerator.register_save_state_pre_hook(save)
     accelerator.register_load_state_pre_hook(load)

@@ -114,10 +114,6 @@ def kohya_metadata(rank: int, alpha: float, steps: int, resolution: list[int], t
     }
 
 
-def is_lora_folder(path: str | Path) -> bool:
-    return (Path(path) / LORA_WEIGHTS).is_file()
-
-
 def check_lora_fits(folder: str | Path, unet: Any) -> None:
     """Every layer of the LoRA in ``folder`` must exist in ``unet`` with the same width.
 
