@@ -106,7 +106,7 @@ class FaceFeatureLoss(nn.Module):
             real_feats = self.features(tgt.to(dtype))
         per_face = dec.new_zeros(dec.shape[0])
         for alpha, a, b in zip(self.layer_weights, decoded_feats, real_feats, strict=True):
-            diff = (a - b).float().flatten(1)
+            diff = (a.float() - b.float()).flatten(1)
             per_face = per_face + alpha * torch.linalg.vector_norm(diff, dim=1) / diff.shape[1] ** 0.5
         return per_sample_mean(per_face, owners, n), has
 
