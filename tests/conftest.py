@@ -142,6 +142,16 @@ def write_prepared_split(split_dir: Path, n: int = 3, size: int = 64, seed: int 
 
 
 @pytest.fixture
+def free_port() -> int:
+    """A TCP port nobody listens on now, for torchrun's rendezvous (tests may run beside other runs)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
 def write_split():
     """``write_split(split_dir, n=3, size=64, seed=0)``: :func:`write_prepared_split` for tests in other folders."""
     return write_prepared_split

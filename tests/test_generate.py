@@ -231,12 +231,13 @@ def test_cli_end_to_end(tiny_model, branches, tmp_path, humanfix_cli):
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
-def test_two_processes_split_the_work(tiny_model, tmp_path):
+def test_two_processes_split_the_work(tiny_model, tmp_path, free_port):
     """torchrun with 2 CPU processes: each draws its share, process 0 writes the whole index."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\n")
     out = tmp_path / "out"
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
+           "--master_port", str(free_port),
            os.path.join(os.path.dirname(sys.executable), "humanfix"), "generate", "--prompts-file", str(prompts),
            "--model", "tiny", "--steps", "2", "--height", "64", "--width", "64", "--batch-size", "1",
            "--output", str(out)]  # fmt: skip

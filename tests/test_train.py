@@ -240,6 +240,9 @@ def test_cli_train_end_to_end(prepared_set, tmp_path, humanfix_cli):
             "2",
             "--lambda-face",
             "0.2",
+            "--cache-latents",
+            "--no-tf32",
+            "--deterministic",
             "--output",
             tmp_path / "run",
         ]
@@ -248,6 +251,7 @@ def test_cli_train_end_to_end(prepared_set, tmp_path, humanfix_cli):
     assert "branch saved" in out
     saved = tomllib.loads((tmp_path / "run" / "training_config.toml").read_text())
     assert saved["objective"]["lambda_lpips"] == 0.3 and saved["objective"]["lambda_face"] == 0.2
+    assert saved["cache_latents"] is True and saved["allow_tf32"] is False and saved["deterministic"] is True
     code, _, err = humanfix_cli(
         [
             "train",
@@ -269,7 +273,7 @@ def test_cli_train_end_to_end(prepared_set, tmp_path, humanfix_cli):
 
 
 @pytest.mark.slow
-def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp_path, tiny_model):
+def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp_path, tiny_model, free_port):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -279,7 +283,7 @@ def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29561",
+        str(free_port),
         "-m",
         "humanfix.cli",
         "train",
@@ -299,6 +303,7 @@ def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp
         "1000",
         "--checkpoint-every",
         "2",
+        "--cache-latents",
         "--output",
         str(out),
     ]
@@ -314,6 +319,11 @@ def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp
         "metrics.jsonl",
         "training_config.toml",
     ]
+    # each rank encoded its share of the latent cache, rank 0 marked it complete
+    from humanfix.data.latents import LatentCache
+
+    caches = [p.parent for p in (Path(os.environ["HUMANFIX_HOME"]) / "latents").glob("*/complete")]
+    assert caches and all(LatentCache(c)[2].abs().sum() > 0 for c in caches)
 
 
 def test_a_nonfinite_gradient_under_a_finite_loss_skips_the_update(prepared_set, tmp_path, monkeypatch):
@@ -396,6 +406,31 @@ def test_deterministic_mode_is_set_for_the_run_and_restored(prepared_set, tmp_pa
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the CPU was deterministic already
 
 
+def test_cached_latents_give_the_uncached_loss_and_resume_exactly(prepared_set, tmp_path, fresh_accelerate_state):
+    from humanfix.train import batches, compute_loss, setup, step_generator
+
+    objective = {"lambda_lpips": 0.5, "lambda_face": 0.3, "timestep_threshold": 1000}
+    losses = {}
+    for cache in (False, True):
+        run = setup(config(prepared_set, tmp_path / f"probe-{cache}", cache_latents=cache, objective=objective))
+        batch = next(iter(batches(run)))
+        assert ("latent_params" in batch) is cache
+        with torch.no_grad():
+            losses[cache] = compute_loss(run, batch, step_generator(run.config, 0, 0, 0, run.accelerator.device))
+        fresh_accelerate_state()
+    for term in ("total", "ldm", "lpips", "face"):  # the same draw of the latent, so the same loss
+        torch.testing.assert_close(getattr(losses[True], term), getattr(losses[False], term), rtol=1e-5, atol=1e-6)
+
+    straight = train(config(prepared_set, tmp_path / "straight", cache_latents=True))
+    fresh_accelerate_state()
+    train(config(prepared_set, tmp_path / "resumed", max_steps=2, cache_latents=True))
+    fresh_accelerate_state()
+    resumed = train(config(prepared_set, tmp_path / "resumed", resume="latest", cache_latents=True))
+    a = load_file(straight / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("term", ["lpips", "face"])
 def test_bf16_step_sends_each_perceptual_term_into_the_branch(prepared_set, tmp_path, term):
@@ -405,7 +440,7 @@ def test_bf16_step_sends_each_perceptual_term_into_the_branch(prepared_set, tmp_
     run = setup(config(prepared_set, tmp_path / "run", mixed_precision="bf16", objective=objective))
     acc = run.accelerator
     assert acc.device.type == "cuda" and run.weight_dtype == torch.bfloat16
-    batch = next(iter(batches(run, 0, 0)))
+    batch = next(iter(batches(run)))
     out = compute_loss(run, batch, step_generator(run.config, 0, 0, 0, acc.device))
     assert getattr(out, term) is not None and torch.isfinite(out.total)
     acc.backward(out.total)
@@ -431,3 +466,35 @@ def test_deterministic_resume_is_bit_exact_on_cuda(prepared_set, tmp_path, fresh
     a = load_file(straight / "diffusion_pytorch_model.safetensors")
     b = load_file(resumed / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_training_update_never_waits_for_the_gpu(prepared_set, tmp_path, cache):
+    """compute_loss, backward, clipping and the (skippable) optimizer step under CUDA's sync debug mode
+    "error": any .item(), .tolist(), bool() of a device tensor or blocking copy in the hot path raises."""
+    from humanfix.train import _apply_update, batches, compute_loss, setup, step_generator
+
+    objective = {"lambda_lpips": 0.5, "lambda_face": 0.3, "timestep_threshold": 1000}  # every sample decoded
+    run = setup(config(prepared_set, tmp_path / "run", mixed_precision="bf16", cache_latents=cache,
+                       objective=objective))  # fmt: skip
+    acc = run.accelerator
+    params = [p for p in run.controlnet.parameters() if p.requires_grad]
+    loader = iter(batches(run))
+    staged = [next(loader) for _ in range(3)]
+
+    def update(k):
+        out = compute_loss(run, staged[k], step_generator(run.config, k, k, 0, acc.device))
+        acc.backward(out.total)
+        _apply_update(run, params, out.sums())
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+
+    update(0)  # first use: the noise schedule moves to the GPU once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        update(1)
+        update(2)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

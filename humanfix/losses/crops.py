@@ -90,26 +90,6 @@ def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return rows @ x @ cols.T
 
 
-def crop_boxes(
-    images: torch.Tensor, boxes: Boxes, size: int, square: bool = False, extra: Sequence[torch.Tensor] = ()
-) -> tuple[list[torch.Tensor], list[int], list[IntBox]]:
-    """Crop every usable box of every sample and resize it to ``size``×``size``.
-
-    Args:
-        images: N×C×H×W.
-        boxes: N tensors of K_i×4 boxes in pixels.
-        size: output side.
-        square: make each box square around its centre first (faces).
-        extra: more N×C'×H×W tensors (e.g. the ground truth, the mask) cropped at the same boxes.
-
-    Returns:
-        ``[crops of images, crops of each extra]`` (each M×C×size×size, M = number of usable boxes),
-        the sample index of each crop (M ints) and the integer boxes read.
-    """
-    owners, used = read_boxes(boxes, *images.shape[-2:], square=square)
-    return [crop(t, owners, used, size) for t in (images, *extra)], owners, used
-
-
 def owned(owners: Sequence[int], n: int, device: torch.device) -> torch.Tensor:
     """N bools: which samples own at least one crop (built on the host, copied without a device sync)."""
     flags = torch.zeros(n, dtype=torch.bool)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from humanfix.losses.crops import Boxes, IntBox, crop_boxes, owned, per_sample_mean, read_boxes
+from humanfix.losses.crops import Boxes, IntBox, crop, owned, per_sample_mean, read_boxes
 from humanfix.losses.perceptual import seeded_init, unit_normalize
 from humanfix.models import weights
 
@@ -95,11 +95,18 @@ class FaceFeatureLoss(nn.Module):
 
         Returns ``(loss, has)``: loss N (0 where a sample has no usable face) and has N bool.
         """
+        owners, used = self.regions(boxes, *decoded.shape[-2:])
+        return self.compare(decoded, target, owners, used), owned(owners, decoded.shape[0], decoded.device)
+
+    def compare(
+        self, decoded: torch.Tensor, target: torch.Tensor, owners: list[int], used: list[IntBox]
+    ) -> torch.Tensor:
+        """Per-sample face loss (N float32, 0 for samples owning no face) over the integer (squared) boxes ``used``
+        of samples ``owners`` (from :meth:`regions`). All faces go through the network as one batch."""
         n = decoded.shape[0]
-        (dec, tgt), owners, _ = crop_boxes(decoded.float(), boxes, FACE_CROP, square=True, extra=(target.float(),))
-        has = owned(owners, n, decoded.device)
         if not owners:
-            return decoded.new_zeros(n, dtype=torch.float32), has
+            return decoded.new_zeros(n, dtype=torch.float32)
+        dec, tgt = (crop(t.float(), owners, used, FACE_CROP) for t in (decoded, target))
         dtype = next(self.net.parameters()).dtype
         decoded_feats = self.features(dec.to(dtype))
         with torch.no_grad():  # the real faces are the reference: no graph, no backward through them
@@ -108,7 +115,7 @@ class FaceFeatureLoss(nn.Module):
         for alpha, a, b in zip(self.layer_weights, decoded_feats, real_feats, strict=True):
             diff = (a.float() - b.float()).flatten(1)
             per_face = per_face + alpha * torch.linalg.vector_norm(diff, dim=1) / diff.shape[1] ** 0.5
-        return per_sample_mean(per_face, owners, n), has
+        return per_sample_mean(per_face, owners, n)
 
 
 class _GlobalMean(nn.Module):

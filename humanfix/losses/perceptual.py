@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from humanfix.losses.crops import Boxes, IntBox, crop_boxes, owned, per_sample_mean, read_boxes, resize
+from humanfix.losses.crops import Boxes, IntBox, crop, owned, per_sample_mean, read_boxes, resize
 from humanfix.models import weights
 
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -145,19 +145,32 @@ class MaskedLPIPS(nn.Module):
         Returns:
             ``(loss, has)``: loss N (0 where a sample has no usable box) and has N bool.
         """
+        owners, used = self.regions(boxes, *decoded.shape[-2:])
+        loss = self.compare(decoded, target, masks, owners, used, crop_size)
+        return loss, owned(owners, decoded.shape[0], decoded.device)
+
+    def compare(
+        self,
+        decoded: torch.Tensor,
+        target: torch.Tensor,
+        masks: torch.Tensor,
+        owners: list[int],
+        used: list[IntBox],
+        crop_size: int | None = None,
+    ) -> torch.Tensor:
+        """Per-sample masked LPIPS (N float32, 0 for samples owning no box) over the integer boxes ``used`` of
+        samples ``owners`` (from :meth:`regions`). All boxes go through VGG as one batch."""
         n = decoded.shape[0]
-        (dec, tgt, msk), owners, used = crop_boxes(
-            decoded.float(), boxes, crop_size or self.crop_size, extra=(target.float(), masks.float())
-        )
-        has = owned(owners, n, decoded.device)
         if not owners:
-            return decoded.new_zeros(n, dtype=torch.float32), has
+            return decoded.new_zeros(n, dtype=torch.float32)
+        size = crop_size or self.crop_size
+        dec, tgt, msk = (crop(t.float(), owners, used, size) for t in (decoded, target, masks))
         dtype = self.lins[0].weight.dtype
-        dmap = self.distance_map(dec.to(dtype), tgt.to(dtype)).float()
+        dmap = self.distance_map(dec.to(dtype), tgt.to(dtype))
         mask_area = msk.sum(dim=(1, 2, 3))
         # A box whose mask is empty is averaged uniformly rather than dropped.
         weight_map = torch.where(mask_area[:, None, None, None] > 0, msk, torch.ones_like(msk))
         per_box = (dmap * weight_map).sum(dim=(1, 2, 3)) / weight_map.sum(dim=(1, 2, 3))
         area = torch.tensor([float((x1 - x0) * (y1 - y0)) for x0, y0, x1, y1 in used]).to(per_box.device)
         box_weight = area * (weight_map.mean(dim=(1, 2, 3)))  # ≈ mask pixels in the original box
-        return per_sample_mean(per_box, owners, n, box_weight), has
+        return per_sample_mean(per_box, owners, n, box_weight)
