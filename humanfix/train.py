@@ -229,9 +229,6 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
             config.split_dir, dataset.image, len(dataset), components.vae, accelerator.device, config.batch_size,
             accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone,
         )  # fmt: skip
-    if config.compile:
-        components.unet = torch.compile(components.unet)
-        controlnet = torch.compile(controlnet)
 
     # Fused AdamW: one kernel for all weights, and it skips a non-finite update on the device (found_inf).
     optimizer_cls, fused = torch.optim.AdamW, {"fused": True}
@@ -260,6 +257,9 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         num_training_steps=total_steps * accelerator.num_processes,
     )
     controlnet, optimizer, lr_scheduler = accelerator.prepare(controlnet, optimizer, lr_scheduler)
+    if config.compile:  # after prepare: accelerate keeps (and checkpoints) the plain branch, keys unchanged
+        components.unet = torch.compile(components.unet)
+        controlnet = torch.compile(controlnet)
 
     sched = components.noise_scheduler
     objective = MaskAwareObjective(

@@ -431,6 +431,35 @@ def test_cached_latents_give_the_uncached_loss_and_resume_exactly(prepared_set, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_compile_wraps_unet_and_branch_and_changes_nothing_else(prepared_set, tmp_path, monkeypatch,
+                                                                fresh_accelerate_state):  # fmt: skip
+    """--compile with TorchDynamo's eager backend (the real tracing, no code generation, so it runs in seconds):
+    same weights as an uncompiled run, and checkpoints that resume either way."""
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kw):
+        compiled.append(type(model).__name__)
+        return real_compile(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    plain = train(config(prepared_set, tmp_path / "plain", max_steps=2, checkpoint_every=1))
+    fresh_accelerate_state()
+    fast = train(config(prepared_set, tmp_path / "fast", max_steps=2, checkpoint_every=1, compile=True))
+    assert compiled == ["UNet2DConditionModel", "ControlNetModel"]
+    a = load_file(plain / "diffusion_pytorch_model.safetensors")
+    b = load_file(fast / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ckpt = load_file(checkpoint_dirs(tmp_path / "fast")[0] / "model.safetensors")
+    assert not any(k.startswith("_orig_mod") for k in ckpt)
+    fresh_accelerate_state()
+    resumed = train(
+        config(prepared_set, tmp_path / "fast", max_steps=2, resume=str(checkpoint_dirs(tmp_path / "fast")[0]))
+    )
+    c = load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)  # a compiled run's checkpoint resumes without compiling
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("term", ["lpips", "face"])
 def test_bf16_step_sends_each_perceptual_term_into_the_branch(prepared_set, tmp_path, term):
