@@ -158,7 +158,11 @@ def build(args: argparse.Namespace, tmp: Path, perceptual: bool):
         objective=objective,
     )
     components = sd15_components(torch.float32) if args.model == "sd15" else None
-    return setup(cfg, components), cfg
+    run = setup(cfg, components)
+    if args.channels_last:  # a lever to measure on a GPU before training adopts it
+        for model in (run.components.unet, run.components.vae, run.controlnet):
+            model.to(memory_format=torch.channels_last)
+    return run, cfg
 
 
 def scene_batch(run, batch_size: int) -> dict:
@@ -244,7 +248,8 @@ def gpu_suite(args: argparse.Namespace) -> dict:
             rows.append(row)
     return {"suite": rows, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "torch": torch.__version__, "dtype": args.dtype, "cache_latents": args.cache_latents,
-            "compile": args.compile, "gradient_checkpointing": not args.no_gradient_checkpointing}  # fmt: skip
+            "compile": args.compile, "gradient_checkpointing": not args.no_gradient_checkpointing,
+            "channels_last": args.channels_last}  # fmt: skip
 
 
 def measure_loader(args: argparse.Namespace) -> dict:
@@ -453,6 +458,7 @@ def main() -> None:
     ap.add_argument("--cache-latents", action="store_true", help="draw latents from the cached posterior")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet and the branch")
     ap.add_argument("--no-gradient-checkpointing", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="UNet, VAE and branch in channels-last memory")
     ap.add_argument("--gpu-suite", action="store_true", help="batches --suite-batches × plain/T=100/diffusers")
     ap.add_argument("--suite-batches", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--measure-loader", action="store_true", help="the data loader's images/s")
