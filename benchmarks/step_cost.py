@@ -1,21 +1,28 @@
-"""What a training step with the perceptual terms costs against a plain step, on the full SD 1.5 architecture.
+"""What a training step costs: plain, with the perceptual terms, and as diffusers writes it, on the full SD 1.5
+architecture.
 
 The models are SD 1.5's UNet, VAE and CLIP text encoder built from their configs with random weights
 (nothing is downloaded) plus a ControlNet branch copied from the UNet; only the branch trains.
-Each mode runs in its own process so that its peak RSS is its own:
+Each mode runs in its own process so that its peak memory is its own:
 
-- ``plain``: humanfix's training step with λ1 = λ2 = 0 (no decode);
-- ``perceptual``: humanfix's step with λ1 = 0.2, λ2 = 0.5 and T = 1000, so every sample is gated in;
+- ``plain``: humanfix's training update with λ1 = λ2 = 0 (no decode);
+- ``perceptual``: humanfix's update with λ1 = 0.2, λ2 = 0.5; timesteps are drawn as training draws them and
+  samples with t < ``--timestep-threshold`` are gated in (1000, the default: every sample; 100: ~10%);
 - ``diffusers``: the step as diffusers' ``examples/controlnet/train_controlnet.py`` writes it, same models.
 
-Each process builds the models, runs ``--warmup`` steps, then times ``--steps`` full updates (forward,
-backward, optimizer step). The standard scene at 512²: one person box of 240×384 px (35% of the frame,
-mask = box) with one 48×48 face; ``--persons N`` places N such persons side by side (narrower when needed).
-The last line printed is JSON.
+Each process builds the models, runs ``--warmup`` updates, then times ``--steps`` full updates (forward,
+backward, clipping, optimizer step) on a batch of ``--batch-size`` copies of the standard scene: at 512²
+one person box of 240×384 px (35% of the frame, mask = box) with one 48×48 face; ``--persons N`` places N
+such persons side by side (narrower when needed). The last line printed is JSON, with ``plain_img_per_s``,
+``perceptual_img_per_s``, ``diffusers_img_per_s`` and ``peak_gb``.
 
     python benchmarks/step_cost.py                         # the standard scene, 512², CPU fp32
     python benchmarks/step_cost.py --resolution 256 --persons 2
     python benchmarks/step_cost.py --model tiny --resolution 64   # a smoke test in seconds
+    python benchmarks/step_cost.py --cache-latents         # latents drawn from the cached posterior
+    python benchmarks/step_cost.py --device cuda --dtype bfloat16 --batch-size 32 --timestep-threshold 100
+    python benchmarks/step_cost.py --gpu-suite             # batches 8/16/32 × plain/T=100/diffusers, one process
+    python benchmarks/step_cost.py --measure-loader        # the data loader's images/s on real photos
     python benchmarks/step_cost.py --measure-region-error  # box-window decode vs full decode
     python benchmarks/step_cost.py --measure-decode        # the decode alone, humanfix vs diffusers' vae.decode
     python benchmarks/step_cost.py --adapter lora --modes plain,perceptual,adapters  # a UNet LoRA vs the branch
@@ -126,40 +133,91 @@ def sd15_components(dtype: torch.dtype):
     return SDComponents(tokenizer, text, vae, unet, sched, "sd15-random", False)
 
 
-def worker(args: argparse.Namespace) -> dict:
+def build(args: argparse.Namespace, tmp: Path, perceptual: bool):
+    """``setup`` on the scene (one image) with the benchmark's settings; returns (run, config, one-item batch)."""
     from humanfix.config import build_config
-    from humanfix.train import TrainConfig, compute_loss, setup, step_generator
+    from humanfix.train import TrainConfig, setup
 
-    lambdas = (0.2, 0.5) if args.mode in ("perceptual", "ratio", "adapters") else (0.0, 0.0)
+    lambdas = (0.2, 0.5) if perceptual else (0.0, 0.0)
     objective = {
         "lambda_lpips": lambdas[0],
         "lambda_face": lambdas[1],
-        "timestep_threshold": 1000,
+        "timestep_threshold": args.timestep_threshold,
         "perceptual_weights": "random",
         "decode_region": args.decode_region,
         "decode_margin": args.decode_margin,
         "decoder_checkpointing": args.decoder_checkpointing,
     }
+    data = write_scene(tmp / "data", args.resolution, args.persons, args.faces)
+    cfg = build_config(
+        TrainConfig,
+        None,
+        model=args.model,
+        data=data,
+        split="val",
+        output=tmp / "out",
+        batch_size=args.batch_size,
+        gradient_checkpointing=not args.no_gradient_checkpointing,
+        mixed_precision=args.mixed_precision,
+        cache_latents=args.cache_latents,
+        compile=args.compile,
+        objective=objective,
+        **({"adapter": "lora", "lora_rank": args.lora_rank} if args.train_adapter == "lora" else {}),
+    )
+    components = sd15_components(torch.float32) if args.model == "sd15" else None
+    run = setup(cfg, components)
+    if args.channels_last:  # a lever to measure on a GPU before training adopts it
+        for model in (run.components.unet, run.components.vae, run.controlnet):
+            if model is not None:  # no branch with a LoRA
+                model.to(memory_format=torch.channels_last)
+    return run, cfg
+
+
+def scene_batch(run, batch_size: int) -> dict:
+    """``batch_size`` copies of the scene, collated as the training loader collates."""
+    from humanfix.data.dataset import collate
+
+    return collate([run.dataset[0]] * batch_size)
+
+
+def time_steps(run, cfg, steps: list, batch: dict, warmup: int, timed: int) -> dict[str, dict]:
+    """Run the ``steps`` (functions) alternately, ``warmup`` + ``timed`` times each; per step: seconds, page faults."""
+    from humanfix.train import compute_loss, step_generator
+
+    times: dict[str, list[float]] = {step.__name__: [] for step in steps}
+    faults: dict[str, list[int]] = {step.__name__: [] for step in steps}  # minor page faults per step
+    device = run.accelerator.device
+    for k in range(warmup + timed):
+        for step in steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0, f0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            step(run, batch, step_generator(cfg, k, k, 0, device), compute_loss)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[step.__name__].append(time.perf_counter() - t0)
+            faults[step.__name__].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    n = len(batch["captions"])
+    out = {}
+    for name, values in times.items():
+        step_s = sum(values[warmup:]) / timed
+        out[name] = {"step_s": step_s, "img_per_s": n / step_s, "times": values[warmup:],
+                     "page_faults": faults[name][warmup:]}  # fmt: skip
+    return out
+
+
+def peak_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def worker(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_scene(Path(tmp) / "data", args.resolution, args.persons, args.faces)
-        cfg = build_config(
-            TrainConfig,
-            None,
-            model=args.model,
-            data=data,
-            split="val",
-            output=Path(tmp) / "out",
-            batch_size=1,
-            gradient_checkpointing=True,
-            mixed_precision=args.mixed_precision,
-            objective=objective,
-            **({"adapter": "lora", "lora_rank": args.lora_rank} if args.train_adapter == "lora" else {}),
-        )
-        components = sd15_components(torch.float32) if args.model == "sd15" else None
-        run = setup(cfg, components)
-        batch = next(iter(torch.utils.data.DataLoader(run.dataset, batch_size=1, collate_fn=_collate())))
+        run, cfg = build(args, Path(tmp), perceptual=args.mode in ("perceptual", "ratio", "adapters"))
+        batch = scene_batch(run, args.batch_size)
         # "interleaved" alternates humanfix's plain step and the diffusers step in one process: the fairest
-        # timing of the two (same models, same memory state, same machine load); its peak RSS is shared.
+        # timing of the two (same models, same memory state, same machine load); its peak is shared.
         steps = {"diffusers": [diffusers_step], "interleaved": [humanfix_step, diffusers_step]}.get(
             args.mode, [humanfix_step]
         )
@@ -167,29 +225,82 @@ def worker(args: argparse.Namespace) -> dict:
             steps = [_with_objective(run, cfg, plain=True), _with_objective(run, cfg, plain=False)]
         if args.mode == "adapters":
             steps = _adapter_steps(run, cfg, args.lora_rank)
-        times: dict[str, list[float]] = {step.__name__: [] for step in steps}
-        faults: dict[str, list[int]] = {step.__name__: [] for step in steps}  # minor page faults per step
-        for k in range(args.warmup + args.steps):
-            for step in steps:
-                t0, f0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                step(run, batch, step_generator(cfg, k, k, 0, run.accelerator.device), compute_loss)
-                if run.accelerator.device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[step.__name__].append(time.perf_counter() - t0)
-                faults[step.__name__].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-    device = run.accelerator.device
-    peak = (
-        torch.cuda.max_memory_allocated(device)
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    ) / 1e9
-    result = {"mode": args.mode, "peak_gb": peak}
-    for name, values in times.items():
-        timed = values[args.warmup :]
-        result[name] = {"step_s": sum(timed) / len(timed), "times": timed, "page_faults": faults[name][args.warmup :]}
-    first = next(iter(times))
-    result["step_s"] = result[first]["step_s"]
+        result = {"mode": args.mode, **time_steps(run, cfg, steps, batch, args.warmup, args.steps)}
+        result["peak_gb"] = peak_gb(run.accelerator.device)
+    first = steps[0].__name__
+    result["step_s"], result["img_per_s"] = result[first]["step_s"], result[first]["img_per_s"]
     return result
+
+
+def gpu_suite(args: argparse.Namespace) -> dict:
+    """The throughput table in one process: batches 8, 16, 32 × plain, T = 100 and the diffusers step."""
+    rows = []
+    args.timestep_threshold = 100
+    with tempfile.TemporaryDirectory() as tmp:
+        run, cfg = build(args, Path(tmp), perceptual=True)
+        plain, perceptual = _with_objective(run, cfg, plain=True), _with_objective(run, cfg, plain=False)
+        device = run.accelerator.device
+        for batch_size in args.suite_batches:
+            batch = scene_batch(run, batch_size)
+            row = {"batch": batch_size}
+            for name, step in (("plain", plain), ("perceptual", perceptual), ("diffusers", diffusers_step)):
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                timed = time_steps(run, cfg, [step], batch, args.warmup, args.steps)[step.__name__]
+                row[f"{name}_img_per_s"] = timed["img_per_s"]
+                row[f"{name}_peak_gb"] = peak_gb(device)
+                print(f"batch {batch_size:>3} {name:>10}: {timed['img_per_s']:.1f} img/s, "
+                      f"peak {row[f'{name}_peak_gb']:.1f} GB", file=sys.stderr, flush=True)  # fmt: skip
+            row["t100_vs_plain"] = row["plain_img_per_s"] / row["perceptual_img_per_s"]
+            row["plain_vs_diffusers"] = row["diffusers_img_per_s"] / row["plain_img_per_s"]
+            row["epoch_37470_min"] = 37_470 / row["perceptual_img_per_s"] / 60
+            rows.append(row)
+    return {"suite": rows, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, "dtype": args.dtype, "cache_latents": args.cache_latents,
+            "compile": args.compile, "gradient_checkpointing": not args.no_gradient_checkpointing,
+            "channels_last": args.channels_last}  # fmt: skip
+
+
+def measure_loader(args: argparse.Namespace) -> dict:
+    """Images/s of the training data loader over real photos at ``--resolution``, per worker count."""
+    from dataclasses import replace
+
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    from humanfix.data.dataset import PreparedDataset, collate
+    from humanfix.data.records import read_records, write_records
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_scene(Path(tmp) / "data", args.resolution, args.persons, args.faces)
+        split = data / "val"
+        template = read_records(split)[0]
+        photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+        records = []
+        for k in range(64):  # 64 distinct JPEG files (quality 95, as prepare-data writes them)
+            photo = Image.fromarray(np.asarray(photos[k % len(photos)])).resize((args.resolution, args.resolution))
+            photo.rotate(k * 5).save(split / f"images/{k}.jpg", quality=95)
+            records.append(replace(template, file_name=f"images/{k}.jpg", coco_id=k))
+        write_records(split, records)
+        dataset = PreparedDataset(split)
+        for workers in args.loader_workers:
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collate, num_workers=workers,
+                prefetch_factor=4 if workers else None, persistent_workers=bool(workers),
+            )  # fmt: skip
+            for _ in loader:  # warm-up: workers started, files in the page cache
+                pass
+            t0, n = time.perf_counter(), 0
+            for _ in range(args.loader_epochs):
+                for batch in loader:
+                    n += len(batch["captions"])
+            results[workers] = n / (time.perf_counter() - t0)
+            print(f"{workers} workers: {results[workers]:.0f} img/s", file=sys.stderr, flush=True)
+    return {"resolution": args.resolution, "batch_size": args.batch_size, "img_per_s_by_workers": results,
+            "cpu_count": os.cpu_count()}  # fmt: skip
 
 
 def _with_objective(run, cfg, plain: bool):
@@ -235,16 +346,13 @@ def _adapter_steps(run, cfg, lora_rank: int) -> list:
     return steps
 
 
-def _collate():
-    from humanfix.data.dataset import collate
-
-    return collate
-
-
 def humanfix_step(run, batch, g, compute_loss) -> None:
+    """One training update as ``fit`` makes it (gradient accumulation 1)."""
+    from humanfix.train import _apply_update
+
     out = compute_loss(run, batch, g)
     run.accelerator.backward(out.total)
-    run.optimizer.step()
+    _apply_update(run, [p for p in run.controlnet.parameters() if p.requires_grad], out.sums())
     run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
@@ -378,6 +486,17 @@ def main() -> None:
     ap.add_argument("--model", default="sd15", choices=["sd15", "tiny"])
     ap.add_argument("--steps", type=int, default=2, help="timed steps per mode")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--timestep-threshold", type=int, default=1000, help="T (1000: every sample gated in)")
+    ap.add_argument("--cache-latents", action="store_true", help="draw latents from the cached posterior")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet and the branch")
+    ap.add_argument("--no-gradient-checkpointing", action="store_true")
+    ap.add_argument("--channels-last", action="store_true", help="UNet, VAE and branch in channels-last memory")
+    ap.add_argument("--gpu-suite", action="store_true", help="batches --suite-batches × plain/T=100/diffusers")
+    ap.add_argument("--suite-batches", type=int, nargs="+", default=[8, 16, 32])
+    ap.add_argument("--measure-loader", action="store_true", help="the data loader's images/s")
+    ap.add_argument("--loader-workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--loader-epochs", type=int, default=4)
     ap.add_argument(
         "--modes",
         default="plain,perceptual,diffusers",
@@ -398,6 +517,15 @@ def main() -> None:
     args.mixed_precision = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[args.dtype]
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if args.gpu_suite:
+        if args.device == "cpu" and args.model == "sd15":
+            sys.exit("--gpu-suite is for a GPU: add --device cuda (or --model tiny for a smoke test)")
+        args.steps, args.warmup = max(args.steps, 8), max(args.warmup, 2)
+        print(json.dumps(gpu_suite(args)))
+        return
+    if args.measure_loader:
+        print(json.dumps(measure_loader(args)))
+        return
     if args.measure_region_error:
         print(json.dumps(measure_region_error(args)))
         return
@@ -420,6 +548,11 @@ def main() -> None:
         results[key] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{key:>15}: {results[key]['step_s']:.3f} s/step, peak {results[key]['peak_gb']:.2f} GB", file=sys.stderr)
     summary = {
+        "batch_size": args.batch_size,
+        "timestep_threshold": args.timestep_threshold,
+        "cache_latents": args.cache_latents,
+        "compile": args.compile,
+        "gradient_checkpointing": not args.no_gradient_checkpointing,
         "resolution": args.resolution,
         "persons": args.persons,
         "faces": args.faces,
@@ -469,6 +602,10 @@ def main() -> None:
             summary[f"lora_vs_branch_{kind}_interleaved"] = (
                 r[f"lora_{kind}_step"]["step_s"] / r[f"branch_{kind}_step"]["step_s"]
             )
+    for mode in ("plain", "perceptual", "diffusers"):
+        if mode in results:
+            summary[f"{mode}_img_per_s"] = results[mode]["img_per_s"]
+    summary["peak_gb"] = max(r["peak_gb"] for r in results.values())
     summary["runs"] = results  # every mode's raw figures: per-step times and page faults, peak
     print(json.dumps(summary))
 

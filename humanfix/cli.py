@@ -262,7 +262,19 @@ def train(
     validation_prompt: Annotated[list[str] | None, typer.Option(help="A validation prompt (repeatable).")] = None,
     log_with: Annotated[str | None, typer.Option(help="tensorboard, to log there too.")] = None,
     max_nonfinite_steps: Annotated[int | None, typer.Option(help="Stop after N non-finite losses in a row.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers (default 0).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="DataLoader workers (default: 0 on the CPU, up to 8 on a GPU).")
+    ] = None,
+    cache_latents: Annotated[
+        bool, typer.Option("--cache-latents", help="Encode each image once; draw latents from the cache.")
+    ] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the branch.")] = False,
+    allow_tf32: Annotated[
+        bool | None, typer.Option("--tf32/--no-tf32", help="TF32 for fp32 work on the GPU (default on).")
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic kernels: bit-exact resume on CUDA (slower).")
+    ] = False,
     config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
     """Train a ControlNet branch (or a UNet LoRA) on a frozen SD 1.5 under the mask-aware objective."""
@@ -290,7 +302,8 @@ def train(
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume,
         validate_every=validate_every, validation_prompts=tuple(validation_prompt) if validation_prompt else None,
         log_with=log_with,
-        max_nonfinite_steps=max_nonfinite_steps, workers=workers,
+        max_nonfinite_steps=max_nonfinite_steps, workers=workers, deterministic=deterministic or None,
+        cache_latents=cache_latents or None, compile=compile or None, allow_tf32=allow_tf32,
     )  # fmt: skip
     saved = run_train(cfg)
     if os.environ.get("RANK", "0") == "0":

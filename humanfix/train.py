@@ -18,7 +18,10 @@ Features (the diffusers ``train_controlnet.py`` baseline and past it):
   by (seed, step, rank), and the data order from (seed, epoch): resuming replays the run exactly.
 - Atomic checkpoints (a temporary folder, then a rename) holding the adapter (a LoRA alone, not the UNet it
   sits in), optimizer, scheduler, RNG states and the step; ``--resume latest|PATH``; the ``K`` newest kept.
-- A non-finite loss skips the update and is counted; K in a row stop training, the last checkpoint intact.
+- An update whose loss or gradient norm is non-finite (on any process) is skipped on every process and
+  counted; K in a row stop training, the last checkpoint intact. Under gradient accumulation everything
+  logged and counted is per update (the terms are means over all of the update's samples).
+- ``--deterministic``: torch's deterministic algorithms and cuBLAS workspace, so resume is bit-exact on CUDA.
 - Per step: the loss terms, gated fraction, learning rate, images/s, peak memory: in a rich progress bar,
   in ``OUTPUT/metrics.jsonl`` and in TensorBoard (``--log-with tensorboard``).
 - Result: ``OUTPUT/controlnet/`` (diffusers layout) or ``OUTPUT/lora/`` (diffusers and kohya files),
@@ -82,8 +85,11 @@ class TrainConfig:
     data: Path | None = None
     # Which split of --data to train on.
     split: str = "train"
-    # DataLoader worker processes.
-    workers: int = 0
+    # DataLoader worker processes; unset: 0 on the CPU, up to 8 per process on a GPU (pinned memory, prefetch).
+    workers: int | None = None
+    # Encode every image once into a cache of VAE posteriors ($HUMANFIX_HOME/latents) and draw each step's
+    # latent from it: the same draws and loss as without, minus the VAE encoder (docs/training.md).
+    cache_latents: bool = False
     # -- objective (a [objective] table in TOML)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     # -- optimisation
@@ -105,6 +111,10 @@ class TrainConfig:
     mixed_precision: str = "no"
     # Recompute activations of the UNet and the branch in the backward pass (saves memory).
     gradient_checkpointing: bool = False
+    # torch.compile the UNet and the branch (slow first steps; pays off on long GPU runs).
+    compile: bool = False
+    # TF32 matmuls and convolutions for what runs in fp32 on Ampere and newer GPUs (the branch, x̂0's decode).
+    allow_tf32: bool = True
     # bitsandbytes' 8-bit AdamW (pip install 'humanfix[bnb]').
     use_8bit_adam: bool = False
     max_grad_norm: float = 1.0
@@ -125,8 +135,11 @@ class TrainConfig:
     validation_steps: int = 20
     # "tensorboard" to log there too (metrics.jsonl is always written).
     log_with: str | None = None
-    # Stop after this many non-finite losses in a row.
+    # Stop after this many updates in a row whose loss or gradient was non-finite.
     max_nonfinite_steps: int = 5
+    # Deterministic algorithms (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG): a resumed run
+    # is bit-identical to a straight one on CUDA too, at some speed. Without it, CUDA runs agree to ~1e-5.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -147,7 +160,7 @@ class TrainConfig:
         if self.max_steps is not None and self.max_steps <= 0:
             raise UserError(f"max-steps must be > 0 (got {self.max_steps})")
         for name in ("checkpoint_every", "keep_checkpoints", "validate_every", "lr_warmup_steps", "workers"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UserError(f"mixed-precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
@@ -268,20 +281,29 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         if not lora:
             trainable.enable_gradient_checkpointing()
     params = [p for p in trainable.parameters() if p.requires_grad]
+    if config.cache_latents:
+        from humanfix.data.latents import ensure_latent_cache
 
-    optimizer_cls = torch.optim.AdamW
+        dataset.latents = ensure_latent_cache(
+            config.split_dir, dataset.image, len(dataset), components.vae, accelerator.device, config.batch_size,
+            accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone,
+        )  # fmt: skip
+
+    # Fused AdamW: one kernel for all weights, and it skips a non-finite update on the device (found_inf).
+    optimizer_cls, fused = torch.optim.AdamW, {"fused": True}
     if config.use_8bit_adam:
         try:
             import bitsandbytes as bnb
         except ImportError:
             raise UserError("--use-8bit-adam needs bitsandbytes: pip install 'humanfix[bnb]'") from None
-        optimizer_cls = bnb.optim.AdamW8bit
+        optimizer_cls, fused = bnb.optim.AdamW8bit, {}
     optimizer = optimizer_cls(
         params,
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         weight_decay=config.adam_weight_decay,
         eps=config.adam_epsilon,
+        **fused,
     )
     batches_per_epoch = EpochSampler.batches_per_epoch(len(dataset), config.batch_size, accelerator.num_processes)
     updates_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
@@ -294,6 +316,10 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         num_training_steps=total_steps * accelerator.num_processes,
     )
     trainable, optimizer, lr_scheduler = accelerator.prepare(trainable, optimizer, lr_scheduler)
+    if config.compile:  # after prepare: accelerate keeps (and checkpoints) the plain adapter, keys unchanged
+        if not lora:
+            components.unet = torch.compile(components.unet)
+        trainable = torch.compile(trainable)
 
     sched = components.noise_scheduler
     objective = MaskAwareObjective(
@@ -354,36 +380,57 @@ def _flat_hparams(config: TrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- the step
 
 
-def step_generator(config: TrainConfig, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
-    """The generator for one micro-batch: seeded by (seed, update step, micro-batch, rank) alone."""
-    seed = (config.seed * 1_000_003 + step * 1_009 + micro) * 131 + rank
-    return torch.Generator(device=device).manual_seed(seed % (2**63))
+@dataclass
+class StepRandom:
+    """One micro-batch's generators, both seeded by (seed, update step, micro-batch, rank) alone.
+
+    ``device`` draws the latent from its posterior and the noise; ``host`` draws the captions and the
+    timesteps, so the host knows which samples are gated (and what to decode) without asking the device.
+    """
+
+    device: torch.Generator
+    host: torch.Generator
 
 
-def encode_prompts(run: Run, captions: list[list[str]], g: torch.Generator) -> torch.Tensor:
+def step_generator(config: TrainConfig, step: int, micro: int, rank: int, device: torch.device) -> StepRandom:
+    seed = ((config.seed * 1_000_003 + step * 1_009 + micro) * 131 + rank) % (2**63)
+    return StepRandom(torch.Generator(device=device).manual_seed(seed), torch.Generator().manual_seed(seed))
+
+
+def encode_prompts(run: Run, captions: list[list[str]], host: torch.Generator) -> torch.Tensor:
     """Draw one caption per sample (empty with --proportion-empty-prompts) and encode it: N×77×D."""
-    draws = torch.rand(len(captions), 2, generator=torch.Generator().manual_seed(int(g.initial_seed()) % 2**63))
+    draws = torch.rand(len(captions), 2, generator=host)
     texts = [
         "" if u_empty < run.config.proportion_empty_prompts else options[int(u_pick * len(options))]
         for options, (u_pick, u_empty) in zip(captions, draws.tolist(), strict=True)
     ]
     tok = run.components.tokenizer
     ids = tok(texts, max_length=tok.model_max_length, padding="max_length", truncation=True, return_tensors="pt")
-    return run.components.text_encoder(ids.input_ids.to(run.accelerator.device))[0]
+    return run.components.text_encoder(ids.input_ids.to(run.accelerator.device, non_blocking=True))[0]
 
 
-def compute_loss(run: Run, batch: dict[str, Any], g: torch.Generator):
-    """The diffusers ControlNet (or LoRA) training step, with the objective in place of the plain MSE."""
+def compute_loss(run: Run, batch: dict[str, Any], g: StepRandom):
+    """The diffusers ControlNet (or LoRA) training step, with the objective in place of the plain MSE.
+
+    Nothing here waits for the device: inputs are copied without blocking, timesteps are drawn on the host,
+    and boxes stay there (the objective plans its decoding from them).
+    """
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
     c, device, dtype = run.components, run.accelerator.device, run.weight_dtype
-    pixel_values = batch["pixel_values"].to(device)
+    pixel_values = batch["pixel_values"].to(device, non_blocking=True)
     with torch.no_grad():
-        latents = c.vae.encode(pixel_values.to(dtype)).latent_dist.sample(generator=g).float()
-        latents = latents * c.vae.config.scaling_factor
-        encoder_hidden_states = encode_prompts(run, batch["captions"], g)
+        if "latent_params" in batch:  # --cache-latents: the encoder's posterior, computed once
+            posterior = DiagonalGaussianDistribution(batch["latent_params"].to(device, non_blocking=True))
+        else:
+            posterior = c.vae.encode(pixel_values.to(dtype)).latent_dist
+        latents = posterior.sample(generator=g.device).float() * c.vae.config.scaling_factor
+        encoder_hidden_states = encode_prompts(run, batch["captions"], g.host)
     # Noise, x_t and the target in fp32 (as diffusers does); the frozen networks see x_t in the training dtype.
-    noise = torch.randn(latents.shape, generator=g, device=device, dtype=torch.float32)
+    noise = torch.randn(latents.shape, generator=g.device, device=device, dtype=torch.float32)
     n_t = c.noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, n_t, (latents.shape[0],), generator=g, device=device).long()
+    host_timesteps = torch.randint(0, n_t, (latents.shape[0],), generator=g.host)
+    timesteps = host_timesteps.to(device, non_blocking=True)
     noisy_fp32 = c.noise_scheduler.add_noise(latents, noise, timesteps)
     noisy_latents = noisy_fp32.to(dtype)
     residuals = {}  # a LoRA sits inside the UNet: no branch to run
@@ -392,7 +439,7 @@ def compute_loss(run: Run, batch: dict[str, Any], g: torch.Generator):
             noisy_latents,
             timesteps,
             encoder_hidden_states=encoder_hidden_states,
-            controlnet_cond=batch["conditioning"].to(device, dtype=dtype),
+            controlnet_cond=batch["conditioning"].to(device, dtype=dtype, non_blocking=True),
             return_dict=False,
         )
         residuals = dict(
@@ -415,41 +462,52 @@ def compute_loss(run: Run, batch: dict[str, Any], g: torch.Generator):
         noisy_fp32,
         timesteps,
         images=pixel_values,
-        masks=batch["mask"].to(device),
-        person_boxes=[b.to(device) for b in batch["person_boxes"]],
-        face_boxes=[b.to(device) for b in batch["face_boxes"]],
+        masks=batch["mask"].to(device, non_blocking=True),
+        person_boxes=batch["person_boxes"],
+        face_boxes=batch["face_boxes"],
+        host_timesteps=host_timesteps.tolist(),
     )
 
 
 # ---------------------------------------------------------------------------------------------------- fit
 
 
-def batches(run: Run, epoch: int, skip: int):
+def batches(run: Run, start: int = 0) -> torch.utils.data.DataLoader:
+    """This process's micro-batches from micro-batch ``start`` of the run on, epoch after epoch (one loader, so
+    its workers live for the whole run). On a GPU: worker processes, pinned memory and prefetching by default."""
     from humanfix.data.dataset import EpochSampler, collate
 
-    acc = run.accelerator
-    sampler = EpochSampler(
-        len(run.dataset), run.config.batch_size, run.config.seed, epoch, acc.process_index, acc.num_processes, skip
-    )
+    acc, cfg = run.accelerator, run.config
+    on_gpu = acc.device.type == "cuda"
+    workers = cfg.workers
+    if workers is None:  # the CPU computes too: no workers there; on a GPU, a share of the cores per process
+        workers = min(8, (os.cpu_count() or 1) // max(1, acc.num_processes)) if on_gpu else 0
+    sampler = EpochSampler(len(run.dataset), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, start)
     return torch.utils.data.DataLoader(
         run.dataset,
-        batch_size=run.config.batch_size,
+        batch_size=cfg.batch_size,
         sampler=sampler,
         collate_fn=collate,
-        num_workers=run.config.workers,
-        drop_last=False,
+        num_workers=workers,
+        pin_memory=on_gpu,
+        prefetch_factor=4 if workers else None,
     )
 
 
 def fit(run: Run) -> dict[str, Any]:
-    """The training loop; returns the final state (step, skipped, last metrics)."""
+    """The training loop; returns the final state (step, skipped, last metrics).
+
+    An update is queued on the device without waiting for it: its numbers (terms, gradient norm, whether it
+    was applied) are read one update later, when the device has long finished it, and at checkpoints,
+    validation and the end, so the host never stalls the device for logging.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     cfg, acc = run.config, run.accelerator
     output = Path(cfg.output)
-    state = {"step": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
+    state = {"step": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0, "overflow_total": 0}
     if cfg.resume:
-        state = load_checkpoint(run, resolve_resume(cfg.resume, output))
+        state.update(load_checkpoint(run, resolve_resume(cfg.resume, output)))
     metrics_path = output / "metrics.jsonl"
     if acc.is_main_process:
         _truncate_metrics(metrics_path, state["step"])
@@ -457,7 +515,6 @@ def fit(run: Run) -> dict[str, Any]:
 
     step = state["step"]
     micro = step * cfg.gradient_accumulation_steps
-    last: dict[str, Any] = {}
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -469,77 +526,154 @@ def fit(run: Run) -> dict[str, Any]:
         transient=False,
     )
     images_per_update = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
+    sums = None  # this update's terms (SUM_KEYS), summed over its micro-batches on the device
+    pending: list[dict[str, Any]] = []  # queued updates whose numbers are not read yet (at most one)
+    last: dict[str, Any] = {}
+    clock = {"tick": time.perf_counter()}
+
+    def finish() -> None:
+        """Read the queued update's numbers: count, warn, stop, log."""
+        nonlocal last
+        for update in pending:
+            last = _log_update(run, state, update, images_per_update, clock, metrics_path)
+            progress.update(
+                task, completed=last["step"], info=f"loss {last['loss']:.4f} · {last['images_per_s']:.2f} img/s"
+            )
+        pending.clear()
+
     with progress:
         task = progress.add_task("train", total=run.total_steps, completed=step, info="")
-        tick = time.perf_counter()
-        while step < run.total_steps:
-            epoch, skip = divmod(micro, run.batches_per_epoch)
-            for batch in batches(run, epoch, skip):
-                g = step_generator(cfg, step, micro, acc.process_index, acc.device)
-                micro += 1
-                with acc.accumulate(run.trainable):
-                    out = compute_loss(run, batch, g)
-                    finite = bool(acc.gather(torch.isfinite(out.total.detach()).float().reshape(1)).min() > 0)
-                    if finite:
-                        acc.backward(out.total)
-                        if acc.sync_gradients and cfg.max_grad_norm > 0:
-                            acc.clip_grad_norm_(run.params, cfg.max_grad_norm)
-                        run.optimizer.step()
-                    run.lr_scheduler.step()
-                    run.optimizer.zero_grad(set_to_none=True)
-                if not finite:
-                    state["nonfinite_total"] += 1
-                    state["nonfinite_in_a_row"] += 1
-                    log.warning("non-finite loss at step %d: update skipped", step + 1)
-                    if state["nonfinite_in_a_row"] >= cfg.max_nonfinite_steps:
-                        raise TrainingStopped(
-                            f"the loss was non-finite {state['nonfinite_in_a_row']} times in a row at step {step + 1}; "
-                            "stopping (lower --learning-rate or check the data). The last checkpoint is intact"
-                        )
-                elif acc.sync_gradients:
-                    state["nonfinite_in_a_row"] = 0
-                if not acc.sync_gradients:
-                    continue
-                step += 1
-                state["step"] = step
-                now = time.perf_counter()
-                last = {
-                    "step": step,
-                    "epoch": epoch,
-                    **_gathered_terms(acc, out),
-                    "skipped": not finite,
-                    "lr": run.lr_scheduler.get_last_lr()[0],
-                    "images_per_s": images_per_update / (now - tick),
-                    "peak_memory_gb": peak_memory_gb(acc.device),
-                    "nonfinite_total": state["nonfinite_total"],
-                }
-                tick = now
-                if acc.is_main_process:  # absent terms (NaN) are written as null: strict JSON
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps({k: None if v != v else v for k, v in last.items()}) + "\n")
-                if cfg.log_with:
-                    acc.log({k: v for k, v in last.items() if isinstance(v, (int, float)) and v == v}, step=step)
-                progress.update(
-                    task, completed=step, info=f"loss {last['loss']:.4f} · {last['images_per_s']:.2f} img/s"
-                )
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    save_checkpoint(run, state)
-                if cfg.validate_every and step % cfg.validate_every == 0:
-                    validate(run, step)
-                if step >= run.total_steps:
-                    break
+        for batch in batches(run, micro):
+            g = step_generator(cfg, step, micro, acc.process_index, acc.device)
+            micro += 1
+            with acc.accumulate(run.trainable):
+                out = compute_loss(run, batch, g)
+                sums = out.sums() if sums is None else sums + out.sums()
+                acc.backward(out.total)
+                if acc.sync_gradients:
+                    update = _apply_update(run, run.params, sums)
+                run.lr_scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            if not acc.sync_gradients:
+                continue
+            sums = None
+            step += 1
+            finish()  # the previous update: done on the device by now, or nearly
+            pending.append({**update, "step": step, "epoch": (micro - 1) // run.batches_per_epoch,
+                            "lr": run.lr_scheduler.get_last_lr()[0], "queued": time.perf_counter()})  # fmt: skip
+            state["step"] = step
+            checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+            validation = cfg.validate_every and step % cfg.validate_every == 0
+            if checkpoint or validation or step >= run.total_steps:
+                finish()
+            if checkpoint:
+                save_checkpoint(run, state)
+            if validation:
+                validate(run, step)
+            if step >= run.total_steps:
+                break
     print(f"rank {acc.process_index}/{acc.num_processes} finished at step {step}", file=sys.stderr)
     return {**state, "last": last}
 
 
-def _gathered_terms(acc: Any, out: Any) -> dict[str, float]:
-    """The objective's terms averaged over processes (NaN terms, absent on every rank, stay NaN)."""
-    terms = out.log_dict()
-    if acc.num_processes == 1:
-        return terms
-    values = torch.tensor(list(terms.values()), device=acc.device, dtype=torch.float64)
-    stacked = acc.gather(values[None]).reshape(acc.num_processes, -1)
-    return dict(zip(terms, torch.nanmean(stacked, dim=0).tolist(), strict=True))
+def _apply_update(run: Run, params: list[torch.Tensor], sums: torch.Tensor) -> dict[str, Any]:
+    """Clip, then step the optimizer unless the update's loss or gradient norm is non-finite on any process.
+
+    The decision is taken on the device: one reduction gives every process the same statistics (SUM_KEYS,
+    then the gradient norm), and fused AdamW skips the step when told ``found_inf`` (no host sync). An
+    optimizer without that (8-bit AdamW) asks the host. Under fp16's dynamic loss scaling, an overflowing
+    gradient is the scaler's to skip (it lowers the scale and tries again).
+    Returns the device statistics (with a last entry 1.0 where the update was not applied) and, under the
+    scaler, whether it skipped.
+    """
+    acc, cfg = run.accelerator, run.config
+    norm = acc.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # inf: measure only
+    norm = sums.new_zeros(()) if norm is None else torch.as_tensor(norm).to(sums.device, torch.float64)
+    stats = acc.reduce(torch.cat([sums, norm.reshape(1)]), reduction="sum")
+    bad = ~(torch.isfinite(stats[0]) & torch.isfinite(stats[-1]))
+    inner = run.optimizer.optimizer
+    scaler_skipped = None
+    if acc.scaler is not None:
+        run.optimizer.step()
+        scaler_skipped = acc.optimizer_step_was_skipped
+    elif inner.defaults.get("fused"):
+        inner.found_inf = bad.float()
+        run.optimizer.step()
+        del inner.found_inf
+    elif not bad.item():
+        run.optimizer.step()
+    return {"stats": _read_later(torch.cat([stats, bad.double().reshape(1)])), "scaler_skipped": scaler_skipped}
+
+
+def _read_later(values: torch.Tensor) -> Any:
+    """A function returning ``values`` as a list; on CUDA the copy to the host is queued now, read when called."""
+    if values.device.type != "cuda":
+        return values.tolist
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def read() -> list[float]:
+        done.synchronize()
+        return host.tolist()
+
+    return read
+
+
+def _log_update(
+    run: Run, state: dict[str, Any], update: dict[str, Any], images: int, clock: dict, path: Path
+) -> dict[str, Any]:
+    """Count, warn about and log one finished update (a metrics.jsonl line, TensorBoard); returns the line."""
+    from humanfix.losses.objective import SUM_KEYS
+
+    cfg, acc = run.config, run.accelerator
+    values = update["stats"]()
+    totals, grad_norm, bad = dict(zip(SUM_KEYS, values[:-2], strict=True)), values[-2], values[-1] > 0
+    loss_ok = math.isfinite(totals["loss"])
+    nonfinite = not loss_ok or (bad and update["scaler_skipped"] is None)
+    overflow = loss_ok and bool(update["scaler_skipped"])
+    step = update["step"]
+    if nonfinite:
+        state["nonfinite_total"] += 1
+        state["nonfinite_in_a_row"] += 1
+        log.warning("non-finite loss or gradient at step %d: update skipped", step)
+        if state["nonfinite_in_a_row"] >= cfg.max_nonfinite_steps:
+            raise TrainingStopped(
+                f"the loss or its gradient was non-finite {state['nonfinite_in_a_row']} times in a row "
+                f"at step {step}; stopping (lower --learning-rate or check the data). The last checkpoint is intact"
+            )
+    else:
+        state["nonfinite_in_a_row"] = 0
+    state["overflow_total"] += int(overflow)
+    n = totals["n_samples"]
+    line = {
+        "step": step,
+        "epoch": update["epoch"],
+        "loss": totals["loss"] / n,
+        "loss_ldm": totals["loss_ldm"] / n,
+        "loss_lpips": totals["lpips"] / totals["n_lpips"] if totals["n_lpips"] else math.nan,
+        "loss_face": totals["face"] / totals["n_face"] if totals["n_face"] else math.nan,
+        "gated_fraction": totals["n_gated"] / n,
+        "grad_norm": grad_norm / acc.num_processes,
+        "skipped": nonfinite or overflow,
+        "lr": update["lr"],
+        "images_per_s": images / (update["queued"] - clock["tick"]),  # the host runs at most an update ahead
+        "peak_memory_gb": peak_memory_gb(acc.device),
+        "nonfinite_total": state["nonfinite_total"],
+        "overflow_total": state["overflow_total"],
+    }
+    clock["tick"] = update["queued"]
+    if acc.is_main_process:  # absent or non-finite terms are written as null: strict JSON
+        with path.open("a") as f:
+            f.write(json.dumps({k: _json_number(v) for k, v in line.items()}) + "\n")
+    if cfg.log_with:
+        acc.log({k: v for k, v in line.items() if isinstance(v, (int, float)) and v == v}, step=step)
+    return line
+
+
+def _json_number(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -697,7 +831,7 @@ def save_adapter(run: Run) -> Path:
         resolution=resolution,
     )
     if cfg.adapter == "lora":
-        save_diffusers_lora(acc.unwrap_model(run.trainable), tmp)
+        save_diffusers_lora(acc.unwrap_model(run.trainable, keep_torch_compile=False), tmp)
         header = kohya_metadata(cfg.lora_rank, cfg.lora_alpha, run.total_steps, resolution, config_toml(cfg))
         write_kohya_lora(tmp, cfg.lora_alpha, header)
         meta.update(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
@@ -725,16 +859,19 @@ def save_config(config: TrainConfig) -> Path:
 
 def train(config: TrainConfig) -> Path:
     """Run training; returns ``OUTPUT/controlnet`` or ``OUTPUT/lora``."""
-    run = setup(config)
-    acc = run.accelerator
-    if acc.is_main_process:
-        Path(config.output).mkdir(parents=True, exist_ok=True)
-        save_config(config)
-    try:
-        final_state = fit(run)
-        path = save_adapter(run)
-    finally:
-        acc.end_training()
+    from humanfix.devices import deterministic_algorithms, tf32
+
+    with deterministic_algorithms(config.deterministic), tf32(config.allow_tf32):
+        run = setup(config)
+        acc = run.accelerator
+        if acc.is_main_process:
+            Path(config.output).mkdir(parents=True, exist_ok=True)
+            save_config(config)
+        try:
+            final_state = fit(run)
+            path = save_adapter(run)
+        finally:
+            acc.end_training()
     if acc.is_main_process:
         skipped = final_state["nonfinite_total"]
         log.info(

@@ -231,12 +231,13 @@ def test_cli_end_to_end(tiny_model, branches, tmp_path, humanfix_cli):
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
-def test_two_processes_split_the_work(tiny_model, tmp_path):
+def test_two_processes_split_the_work(tiny_model, tmp_path, free_port):
     """torchrun with 2 CPU processes: each draws its share, process 0 writes the whole index."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\n")
     out = tmp_path / "out"
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2",
+           "--master_port", str(free_port),
            os.path.join(os.path.dirname(sys.executable), "humanfix"), "generate", "--prompts-file", str(prompts),
            "--model", "tiny", "--steps", "2", "--height", "64", "--width", "64", "--batch-size", "1",
            "--output", str(out)]  # fmt: skip
@@ -249,3 +250,15 @@ def test_two_processes_split_the_work(tiny_model, tmp_path):
     for r in _index(out):  # same noise; 1 vs 2 CPU threads may round differently
         diff = np.abs(_pixels(out / r["file"]).astype(int) - _pixels(single / r["file"])).max()
         assert diff <= 2, r["file"]
+
+
+@pytest.mark.gpu
+def test_generate_same_seed_same_file_on_cuda(tiny_model, tmp_path):
+    cfg = dict(prompts=("a skier", "two people"), model=str(tiny_model), steps=2, height=64, width=64, seed=3)
+    for name in ("a", "b"):
+        generate(GenerateConfig(**cfg, output=tmp_path / name))
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert len(files) == 2
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+        assert json.loads(Image.open(tmp_path / "a" / f).info["parameters"])["dtype"] == "float16"  # CUDA default

@@ -15,13 +15,7 @@ from safetensors.torch import load_file
 from humanfix.config import build_config
 from humanfix.errors import UserError
 from humanfix.models.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
-from humanfix.train import TrainConfig, checkpoint_dirs, compute_loss, setup, step_generator, train
-
-
-@pytest.fixture(autouse=True)
-def on_the_cpu(monkeypatch):
-    """These tests mean the CPU (bit-exact resume): accelerate's switch pins it on CUDA machines too."""
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+from humanfix.train import TrainConfig, batches, checkpoint_dirs, compute_loss, setup, step_generator, train
 
 
 def config(data, output, **kw):
@@ -53,7 +47,7 @@ def test_each_perceptual_term_alone_reaches_the_lora_and_nothing_else(prepared_s
     run = setup(config(prepared_set, tmp_path / "run", objective=objective, **extra))
     c = run.components
     frozen_before = {k: v.clone() for k, v in c.unet.state_dict().items() if "lora_" not in k}
-    batch = next(iter(torch.utils.data.DataLoader(run.dataset, batch_size=2, collate_fn=_collate())))
+    batch = next(iter(batches(run)))
     out = compute_loss(run, batch, step_generator(run.config, 0, 0, 0, run.accelerator.device))
     assert bool((out.per_sample[f"w_{term}"] == 1.0).all())  # every sample: the term alone, L_LDM weight 0
     run.accelerator.backward(out.total)
@@ -68,12 +62,6 @@ def test_each_perceptual_term_alone_reaches_the_lora_and_nothing_else(prepared_s
     run.optimizer.step()
     after = c.unet.state_dict()
     assert all(torch.equal(after[k], v) for k, v in frozen_before.items())  # the base UNet untouched
-
-
-def _collate():
-    from humanfix.data.dataset import collate
-
-    return collate
 
 
 def test_resume_replays_the_lora_run_exactly_and_plain_diffusers_loads_it(prepared_set, tmp_path, tiny_model):
@@ -106,11 +94,68 @@ def test_resume_replays_the_lora_run_exactly_and_plain_diffusers_loads_it(prepar
     assert np.abs(diffusers_file - draw()).max() > 0
 
 
-def test_mixed_precision_keeps_the_lora_in_fp32(prepared_set, tmp_path):
-    run = setup(config(prepared_set, tmp_path / "run", mixed_precision="bf16"))
-    unet = run.components.unet
+def _bf16_step_reaches_the_lora(prepared_set, output, term: str) -> None:
+    """One bf16 step with ``term`` alone (L_LDM weight 0): the LoRA stays fp32 and gets finite, nonzero gradients."""
+    objective = {f"lambda_{term}": 1.0, "timestep_threshold": 1000}
+    run = setup(config(prepared_set, output, mixed_precision="bf16", objective=objective))
+    unet, acc = run.components.unet, run.accelerator
     assert {p.dtype for n, p in unet.named_parameters() if "lora_" in n} == {torch.float32}
     assert {p.dtype for n, p in unet.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    out = compute_loss(run, next(iter(batches(run))), step_generator(run.config, 0, 0, 0, acc.device))
+    assert getattr(out, term) is not None and torch.isfinite(out.total)
+    acc.backward(out.total)
+    grads = [p.grad for n, p in unet.named_parameters() if "lora_B" in n]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+def test_mixed_precision_keeps_the_lora_in_fp32(prepared_set, tmp_path):
+    _bf16_step_reaches_the_lora(prepared_set, tmp_path / "run", "lpips")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("term", ["lpips", "face"])
+def test_bf16_step_on_cuda_sends_each_perceptual_term_into_the_lora(prepared_set, tmp_path, term):
+    _bf16_step_reaches_the_lora(prepared_set, tmp_path / "run", term)
+
+
+def test_compile_changes_nothing_and_saves_plain_keys(prepared_set, tmp_path, monkeypatch, fresh_accelerate_state):
+    """--compile with TorchDynamo's eager backend (real tracing, no code generation): the same LoRA as uncompiled."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager", **kw))
+    plain = train(config(prepared_set, tmp_path / "plain", max_steps=2, checkpoint_every=1))
+    fresh_accelerate_state()
+    fast = train(config(prepared_set, tmp_path / "fast", max_steps=2, checkpoint_every=1, compile=True))
+    a, b = load_file(plain / LORA_WEIGHTS), load_file(fast / LORA_WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any("_orig_mod" in k for k in load_file(checkpoint_dirs(tmp_path / "fast")[0] / LORA_WEIGHTS))
+
+
+def test_a_nonfinite_lora_gradient_under_a_finite_loss_skips_the_update(prepared_set, tmp_path, monkeypatch):
+    """The non-finite guard covers the LoRA: a NaN gradient in one LoRA matrix leaves every LoRA weight as it was."""
+    import humanfix.train as train_module
+
+    real = train_module.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(run, batch, g):
+        out = real(run, batch, g)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the loss stays finite (+0), its gradient is 0 × ∞ = NaN in the first LoRA matrix
+            out.total = out.total + (0 * run.params[0].sum()).sqrt()
+            assert torch.isfinite(out.total)
+        return out
+
+    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    out = tmp_path / "run"
+    lora = train(config(prepared_set, out, max_steps=3, checkpoint_every=1, keep_checkpoints=0))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [False, True, False]
+    assert [r["nonfinite_total"] for r in rows] == [0, 1, 1]
+    one, two, three = (load_file(p / LORA_WEIGHTS) for p in checkpoint_dirs(out))
+    assert all(torch.equal(one[k], two[k]) for k in one)  # the poisoned update changed nothing
+    assert not all(torch.equal(two[k], three[k]) for k in two)  # the next one did
+    assert all(torch.isfinite(v).all() for v in load_file(lora / LORA_WEIGHTS).values())
 
 
 @pytest.mark.parametrize(
@@ -158,9 +203,9 @@ def test_cli_train_lora_end_to_end(prepared_set, tmp_path, humanfix_cli):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_checkpoint_and_resume_the_lora_exactly(prepared_set, tmp_path, tiny_model):
+def test_two_cpu_processes_checkpoint_and_resume_the_lora_exactly(prepared_set, tmp_path, tiny_model, free_port):
     """torchrun, 2 CPU processes (CUDA hidden): rank 0 alone writes the LoRA checkpoint; every rank reads it back."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def launch(out, steps, port, *extra):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
@@ -173,12 +218,12 @@ def test_two_cpu_processes_checkpoint_and_resume_the_lora_exactly(prepared_set, 
         assert r.stdout.count("LoRA saved") == 1 and f"rank 1/2 finished at step {steps}" in r.stderr
         return out / "lora" / LORA_WEIGHTS
 
-    straight = launch(tmp_path / "straight", 3, 29581, "--checkpoint-every", "0")
-    launch(tmp_path / "resumed", 2, 29582, "--checkpoint-every", "2")
+    straight = launch(tmp_path / "straight", 3, free_port, "--checkpoint-every", "0")
+    launch(tmp_path / "resumed", 2, free_port, "--checkpoint-every", "2")
     assert {p.name for p in (tmp_path / "resumed" / "checkpoints" / "step-00000002").iterdir()} == {
         LORA_WEIGHTS, "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin",
         "trainer_state.json",
     }  # fmt: skip
-    resumed = launch(tmp_path / "resumed", 3, 29583, "--resume", "latest")
+    resumed = launch(tmp_path / "resumed", 3, free_port, "--resume", "latest")
     a, b = load_file(straight), load_file(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -21,7 +21,9 @@ class PreparedDataset(torch.utils.data.Dataset):
     - ``mask``: 1×H×W float in {0, 1}, the union person mask;
     - ``person_boxes``, ``face_boxes``: K×4 float boxes in pixels (x1, y1 exclusive);
     - ``conditioning``: 3×H×W float in [0, 1] (blank, pose skeleton or mask, by ``conditioning``);
-    - ``captions``: every caption (the training loop draws one); ``coco_id``.
+    - ``captions``: every caption (the training loop draws one); ``coco_id``;
+    - ``latent_params``: 2C×h×w, the image's cached VAE posterior, when a :class:`LatentCache` is attached
+      (``self.latents``, see :mod:`humanfix.data.latents`).
     """
 
     def __init__(self, split_dir: str | Path, conditioning: str = "none") -> None:
@@ -38,15 +40,20 @@ class PreparedDataset(torch.utils.data.Dataset):
         if self.width % 8 or self.height % 8:
             raise UserError(f"{self.root}: image size {self.width}×{self.height} is not a multiple of 8")
         self.conditioning = conditioning
+        self.latents: Any = None  # a LatentCache over these records, once train builds one
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def image(self, index: int) -> torch.Tensor:
+        """Record ``index``'s image: 3×H×W float in [-1, 1]."""
+        image = np.asarray(Image.open(self.root / self.records[index].file_name).convert("RGB"), dtype=np.float32)
+        return torch.from_numpy(image).permute(2, 0, 1) / 127.5 - 1.0
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        image = np.asarray(Image.open(self.root / rec.file_name).convert("RGB"), dtype=np.float32)
         mask = np.asarray(Image.open(self.root / rec.mask_file_name).convert("L"), dtype=np.float32)
-        pixel_values = torch.from_numpy(image).permute(2, 0, 1) / 127.5 - 1.0
+        pixel_values = self.image(index)
         mask_t = torch.from_numpy((mask > 127).astype(np.float32))[None]
         if self.conditioning == "pose":
             cond = render_pose(rec.keypoints, rec.height, rec.width)
@@ -54,7 +61,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             cond = mask_condition(mask_t)
         else:
             cond = blank(rec.height, rec.width)
-        return {
+        item = {
             "pixel_values": pixel_values,
             "mask": mask_t,
             "person_boxes": torch.tensor(rec.person_boxes, dtype=torch.float32).reshape(-1, 4),
@@ -63,11 +70,14 @@ class PreparedDataset(torch.utils.data.Dataset):
             "captions": list(rec.text),
             "coco_id": rec.coco_id,
         }
+        if self.latents is not None:
+            item["latent_params"] = self.latents[index]
+        return item
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the image tensors; boxes and captions stay per-sample lists."""
-    return {
+    batch = {
         "pixel_values": torch.stack([i["pixel_values"] for i in items]),
         "mask": torch.stack([i["mask"] for i in items]),
         "conditioning": torch.stack([i["conditioning"] for i in items]),
@@ -76,34 +86,37 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "captions": [i["captions"] for i in items],
         "coco_id": [i["coco_id"] for i in items],
     }
+    if "latent_params" in items[0]:
+        batch["latent_params"] = torch.stack([i["latent_params"] for i in items])
+    return batch
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
-    """Indices of one epoch for one rank: a permutation seeded by (seed, epoch), padded by wrapping so every
-    rank gets the same number of full batches, dealt out batch by batch, starting after ``skip_batches``.
+    """Indices for one rank, epoch after epoch, from micro-batch ``start`` of the run on.
 
-    Data order depends only on (seed, epoch, rank, world size), so resuming at any step replays it exactly.
+    Each epoch is a permutation seeded by (seed, epoch), padded by wrapping so every rank gets the same
+    number of full batches, dealt out batch by batch. Data order depends only on (seed, epoch, rank, world
+    size), so resuming at any step replays it exactly; one sampler (and one DataLoader, whose workers then
+    live for the whole run) serves every epoch.
     """
 
-    def __init__(
-        self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1, skip_batches: int = 0
-    ) -> None:
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
-        self.rank, self.world, self.skip = rank, world, skip_batches
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world, self.start = rank, world, start
 
     @staticmethod
     def batches_per_epoch(n: int, batch_size: int, world: int) -> int:
         return -(-n // (batch_size * world))
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
         per_rank = self.batches_per_epoch(self.n, self.batch_size, self.world)
-        total = per_rank * self.batch_size * self.world
-        order = (order * (total // self.n + 1))[:total]
-        for b in range(self.skip, per_rank):
-            start = (b * self.world + self.rank) * self.batch_size
-            yield from order[start : start + self.batch_size]
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch(self.n, self.batch_size, self.world) - self.skip) * self.batch_size
+        epoch, skip = divmod(self.start, per_rank)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+            total = per_rank * self.batch_size * self.world
+            order = (order * (total // self.n + 1))[:total]
+            for b in range(skip, per_rank):
+                start = (b * self.world + self.rank) * self.batch_size
+                yield from order[start : start + self.batch_size]
+            epoch, skip = epoch + 1, 0

@@ -15,6 +15,7 @@ also push towards detail the VAE round trip loses. docs/objective.md has the for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from humanfix.errors import UserError
+from humanfix.losses.crops import Boxes, IntBox
 from humanfix.losses.decode import CHECKPOINTING, DECODE_REGIONS, decode_for_loss
 from humanfix.losses.face import DEFAULT_FACE_LAYER_WEIGHTS, DEFAULT_FACE_LAYERS, FaceFeatureLoss
 from humanfix.losses.perceptual import LPIPS_LAYERS, MaskedLPIPS
@@ -92,6 +94,10 @@ class ObjectiveConfig:
         return self.lambda_lpips > 0 or self.lambda_face > 0
 
 
+# What ObjectiveOutput.sums() holds, in order: each entry adds up over micro-batches and processes.
+SUM_KEYS = ("loss", "loss_ldm", "lpips", "n_lpips", "face", "n_face", "n_gated", "n_samples")
+
+
 @dataclass
 class ObjectiveOutput:
     """The total to backpropagate and every term for logging (terms averaged over the samples that have them)."""
@@ -104,14 +110,26 @@ class ObjectiveOutput:
     n_samples: int
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def log_dict(self) -> dict[str, float]:
-        return {
-            "loss": self.total.item(),
-            "loss_ldm": self.ldm.item(),
-            "loss_lpips": float("nan") if self.lpips is None else self.lpips.item(),
-            "loss_face": float("nan") if self.face is None else self.face.item(),
-            "gated_fraction": self.n_gated / max(1, self.n_samples),
-        }
+    def sums(self) -> torch.Tensor:
+        """The terms as sums over samples, float64 on the device, in ``SUM_KEYS`` order (no device sync).
+
+        An update's terms are these summed over its micro-batches (and processes), then divided by the counts,
+        so a logged term is the mean over every sample of the update that has it.
+        """
+        ps = self.per_sample
+        n = self.n_samples
+        return torch.stack(
+            [
+                self.total.detach().double() * n,
+                ps["ldm"].detach().double().sum(),
+                (ps["lpips"].detach().double() * ps["has_lpips"]).sum(),
+                ps["has_lpips"].double().sum(),
+                (ps["face"].detach().double() * ps["has_face"]).sum(),
+                ps["has_face"].double().sum(),
+                ps["gated"].double().sum(),
+                torch.full((), float(n), dtype=torch.float64, device=self.total.device),
+            ]
+        )
 
 
 class MaskAwareObjective(nn.Module):
@@ -157,76 +175,100 @@ class MaskAwareObjective(nn.Module):
         timesteps: torch.Tensor,
         images: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
-        person_boxes: list[torch.Tensor] | None = None,
-        face_boxes: list[torch.Tensor] | None = None,
+        person_boxes: Boxes | None = None,
+        face_boxes: Boxes | None = None,
+        host_timesteps: Sequence[int] | None = None,
     ) -> ObjectiveOutput:
         """Compute the objective for one batch.
 
         Args:
             vae: the frozen VAE (its decoder stays in the graph).
             model_pred, target, noisy_latents: N×4×h×w.
-            timesteps: N integer timesteps.
+            timesteps: N integer timesteps (on the model's device).
             images: N×3×H×W real images in [-1, 1] (H = 8h); masks: N×1×H×W person masks in [0, 1].
-            person_boxes, face_boxes: N tensors of K_i×4 boxes in image pixels.
+            person_boxes, face_boxes: N tensors of K_i×4 boxes in image pixels, on the host.
+            host_timesteps: ``timesteps`` as host integers. Which samples are gated, which boxes are read and
+                which windows are decoded is decided from these and the boxes alone, so the device is never
+                asked (no sync). Unset: read from ``timesteps`` (one sync).
         """
         cfg = self.config
-        n = model_pred.shape[0]
+        n, device = model_pred.shape[0], model_pred.device
         ldm = ((model_pred.float() - target.float()) ** 2).mean(dim=tuple(range(1, model_pred.ndim)))
-        gated = timesteps < cfg.timestep_threshold
-        zeros = torch.zeros(n, dtype=torch.bool, device=ldm.device)
-        want_lpips = gated & _has_boxes(person_boxes, n, ldm.device) if self.lpips is not None else zeros
-        want_face = gated & _has_boxes(face_boxes, n, ldm.device) if self.face is not None else zeros
-        lpips_i = ldm.new_zeros(n)
-        face_i = ldm.new_zeros(n)
-        has_lpips, has_face = zeros.clone(), zeros.clone()
-        need = (want_lpips | want_face).nonzero().flatten()
-        if need.numel():
+        steps = [int(t) for t in (host_timesteps if host_timesteps is not None else timesteps.tolist())]
+        gated = [t < cfg.timestep_threshold for t in steps]
+        # Per loss, the integer boxes it reads on gated samples: (owner sample, box) pairs, decided on the host.
+        reads: dict[str, tuple[list[int], list[IntBox]]] = {}
+        for name, loss, boxes in (("lpips", self.lpips, person_boxes), ("face", self.face, face_boxes)):
+            if loss is not None and boxes is not None and any(gated):
+                pairs = [(o, b) for o, b in zip(*loss.regions(boxes, *images.shape[-2:]), strict=True) if gated[o]]
+                if pairs:
+                    reads[name] = ([o for o, _ in pairs], [b for _, b in pairs])
+        need = sorted({o for owners, _ in reads.values() for o in owners})
+        terms = {"lpips": ldm.new_zeros(n), "face": ldm.new_zeros(n)}
+        if need:
+            slot = {sample: k for k, sample in enumerate(need)}  # sample -> row among the decoded
+            idx = _to_device(need, device)
             x0 = predict_x0(  # in fp32 whatever the training dtype
-                noisy_latents[need].float(),
-                model_pred[need].float(),
-                timesteps[need],
-                self.alphas_cumprod,
+                noisy_latents.index_select(0, idx).float(),
+                model_pred.index_select(0, idx).float(),
+                timesteps.index_select(0, idx),
+                self._alphas_cumprod(device),
                 self.prediction_type,
             )
-            idx = need.tolist()
-            p_boxes = [person_boxes[i] if want_lpips[i] else _empty(ldm) for i in idx]
-            f_boxes = [face_boxes[i] if want_face[i] else _empty(ldm) for i in idx]
-            region_boxes = [
-                torch.cat([p.reshape(-1, 4), f.reshape(-1, 4)]) for p, f in zip(p_boxes, f_boxes, strict=True)
-            ]
-            decoded = decode_for_loss(
-                vae, x0, region_boxes, cfg.decode_region, cfg.decode_margin, cfg.decoder_checkpointing
-            )
-            real = images[need].float()
-            if self.lpips is not None and want_lpips.any():
-                size = cfg.lpips_crop_size or min(224, max(64, min(decoded.shape[-2:]) // 2))
-                value, has = self.lpips(decoded, real, masks[need], p_boxes, crop_size=size)
-                lpips_i = lpips_i.index_put((need,), value)
-                has_lpips[need] = has
-            if self.face is not None and want_face.any():
-                value, has = self.face(decoded, real, f_boxes)
-                face_i = face_i.index_put((need,), value)
-                has_face[need] = has
-        w_lpips = cfg.lambda_lpips * has_lpips.float()
-        w_face = cfg.lambda_face * has_face.float()
-        w_ldm = 1.0 - w_lpips - w_face
-        per_sample = w_ldm * ldm + w_lpips * lpips_i + w_face * face_i
+            # The decoded window covers exactly the pixels each loss reads (faces: the squared, clipped box).
+            windows: list[list[IntBox]] = [[] for _ in need]
+            for owners, boxes in reads.values():
+                for owner, box in zip(owners, boxes, strict=True):
+                    windows[slot[owner]].append(box)
+            decoded = decode_for_loss(vae, x0, windows, cfg.decode_region, cfg.decode_margin, cfg.decoder_checkpointing)
+            real = images.index_select(0, idx).float()
+            for name, (owners, boxes) in reads.items():
+                rows = [slot[o] for o in owners]
+                if name == "lpips":
+                    size = cfg.lpips_crop_size or min(224, max(64, min(decoded.shape[-2:]) // 2))
+                    value = self.lpips.compare(decoded, real, masks.index_select(0, idx), rows, boxes, size)
+                else:
+                    value = self.face.compare(decoded, real, rows, boxes)
+                terms[name] = terms[name].index_put((idx,), value)
+        has = {name: [False] * n for name in terms}
+        for name, (owners, _) in reads.items():
+            for owner in owners:
+                has[name][owner] = True
+        w_lpips = cfg.lambda_lpips * _to_device(has["lpips"], device, torch.float32)
+        w_face = cfg.lambda_face * _to_device(has["face"], device, torch.float32)
+        per_sample = (1.0 - w_lpips - w_face) * ldm + w_lpips * terms["lpips"] + w_face * terms["face"]
         return ObjectiveOutput(
             total=per_sample.mean(),
             ldm=ldm.mean().detach(),
-            lpips=lpips_i[has_lpips].mean().detach() if has_lpips.any() else None,
-            face=face_i[has_face].mean().detach() if has_face.any() else None,
-            n_gated=int(gated.sum()),
+            lpips=_mean_over(terms["lpips"], has["lpips"]),
+            face=_mean_over(terms["face"], has["face"]),
+            n_gated=sum(gated),
             n_samples=n,
-            per_sample={"ldm": ldm, "lpips": lpips_i, "face": face_i, "w_lpips": w_lpips, "w_face": w_face},
+            per_sample={
+                "ldm": ldm,
+                "lpips": terms["lpips"],
+                "face": terms["face"],
+                "w_lpips": w_lpips,
+                "w_face": w_face,
+                "has_lpips": _to_device(has["lpips"], device),
+                "has_face": _to_device(has["face"], device),
+                "gated": _to_device(gated, device),
+            },
         )
 
+    def _alphas_cumprod(self, device: torch.device) -> torch.Tensor:
+        """ᾱ on ``device`` (copied there once, not per step)."""
+        if self.alphas_cumprod.device != device:
+            self.alphas_cumprod = self.alphas_cumprod.to(device)
+        return self.alphas_cumprod
 
-def _has_boxes(boxes: list[torch.Tensor] | None, n: int, device: torch.device) -> torch.Tensor:
-    if boxes is None:
-        return torch.zeros(n, dtype=torch.bool, device=device)
-    return torch.tensor([b.numel() > 0 for b in boxes], dtype=torch.bool, device=device)
+
+def _to_device(values: Sequence, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host values as a tensor on ``device``, copied without waiting for the device."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
-def _empty(like: torch.Tensor) -> torch.Tensor:
-    return like.new_zeros((0, 4))
+def _mean_over(values: torch.Tensor, has: list[bool]) -> torch.Tensor | None:
+    """The mean of ``values`` over the samples that have the term (None if none has it), without a sync."""
+    rows = [i for i, h in enumerate(has) if h]
+    return values.index_select(0, _to_device(rows, values.device)).mean().detach() if rows else None

@@ -48,3 +48,27 @@ def test_box_window_is_exact_when_it_covers_the_latent_and_zero_outside(vae):
     assert narrow.shape == full.shape
     assert narrow[0, :, :16].abs().max() == 0 and narrow[0, :, 16:40, 16:32].abs().max() > 0
     assert narrow[1].abs().max() == 0  # a sample without boxes decodes nothing
+
+
+def test_windows_decode_in_one_batch_as_they_would_alone(vae):
+    """Same-size windows at different places: one batched decode equals decoding each window on its own."""
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    boxes = [[(8, 8, 40, 48)], [(72, 16, 104, 56)], [(40, 80, 72, 120)]]
+    with torch.no_grad():
+        together = decode_for_loss(vae, latents, boxes, "boxes", margin=1)
+        alone = decode_for_loss(vae, latents, boxes, "boxes", margin=1, pad_budget=0)  # nothing fits a batch
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+    assert together[1, :, 8:64, 64:112].abs().amax() > 0 and together[1, :, :, :64].abs().max() == 0
+
+
+def test_window_groups_pad_within_budget_and_grown_windows_hold_their_own():
+    from humanfix.losses.decode import _grown_corner, _window_groups
+
+    windows = {0: (0, 0, 10, 10), 1: (3, 2, 12, 12), 2: (0, 0, 2, 3), 3: (5, 5, 15, 15)}
+    groups = _window_groups(windows, 1.25)
+    assert sorted(map(sorted, groups)) == [[0, 1, 3], [2]]  # the tiny window would triple its group's area
+    for window in windows.values():
+        for gh, gw in ((10, 10), (12, 14), (16, 16)):
+            x, y = _grown_corner(window, gh, gw, 16, 16)
+            assert 0 <= x <= window[0] and window[2] <= x + gw <= 16
+            assert 0 <= y <= window[1] and window[3] <= y + gh <= 16
