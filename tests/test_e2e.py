@@ -30,7 +30,8 @@ def test_cli_chain(tmp_path, humanfix_cli):
          "--lambda-lpips", "0.2", "--lambda-face", "0.5", "--timestep-threshold", "1000", "--output", run],
         ["generate", "a person smiling", "--model", "tiny", "--compare", f"base,{run / 'controlnet'}", "--steps", "2",
          "--height", "64", "--width", "64", "--output", gen],
-        ["evaluate", "--faces", "--report", "--generated", gen, "--real", data / "val", "--output", ev],
+        ["evaluate", "--faces", "--pose", "--pose-weights", "random", "--report", "--generated", gen, "--real",
+         data / "val", "--output", ev],
     ]  # fmt: skip
     for args in steps:
         code, out, err = humanfix_cli(args)
@@ -42,3 +43,6 @@ def test_cli_chain(tmp_path, humanfix_cli):
     index = [json.loads(line) for line in (gen / "index.jsonl").read_text().splitlines()]
     assert len(index) == 2 and len({r["label"] for r in index}) == 2
     assert (ev / "report.html").is_file() and (ev / "metrics.json").is_file()
+    evaluated = json.loads((ev / "metrics.json").read_text())
+    assert evaluated["pose_setup"]["weights"] == "random" and evaluated["real"]["pose"]["n_images"] == 6
+    assert all(m["pose"]["n_images"] == 1 for m in evaluated["models"].values())
