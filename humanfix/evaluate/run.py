@@ -316,7 +316,7 @@ def _measure_pose(
         notes.append(f"pose: {RANDOM_NOTICE}")
     lines: list[str] = []
 
-    def measure(label: str, images: list, ground_truth: bool) -> dict[str, Any]:
+    def measure(label: str, images: list, ground_truth: bool, overlay: bool) -> dict[str, Any]:
         threshold = 0.0 if ground_truth else config.keypoint_threshold
         summary, verdicts = P.summarize(images, threshold, config.pose_bootstrap, config.seed, ground_truth)
         if summary["n_persons"] == 0:
@@ -334,7 +334,7 @@ def _measure_pose(
             people = [_person_json(im, p, v) for p, v in enumerate(vs)]
             doc = {"model": label, "file": str(im.path), "width": im.width, "height": im.height, "persons": people}
             lines.append(json.dumps(doc, ensure_ascii=False))
-            if label != "real":
+            if overlay:  # the report shows the generated images
                 skeletons[im.path] = {"w": im.width, "h": im.height, "persons": people}
         return summary
 
@@ -342,14 +342,14 @@ def _measure_pose(
         found = persons.detect_poses(
             [it.path for it in items], pm, config.person_threshold, config.batch_size, progress=f"poses: {label}"
         )
-        models[label]["pose"] = measure(label, found, ground_truth=False)
+        models[label]["pose"] = measure(label, found, ground_truth=False, overlay=True)
     if real_files is not None:
         if truth:
             found, source = persons.ground_truth_poses(real_files), "ground truth (metadata.jsonl)"
         else:
             found = persons.detect_poses(real_files, pm, config.person_threshold, config.batch_size, "poses: real")
             source = "detector"
-        metrics["real"]["pose"] = {"source": source, **measure("real", found, ground_truth=truth)}
+        metrics["real"]["pose"] = {"source": source, **measure("real", found, ground_truth=truth, overlay=False)}
     (config.output / "pose.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return info
 

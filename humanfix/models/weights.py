@@ -100,7 +100,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?
 class HubModel:
     """A transformers checkpoint: a hub id found in the local Hugging Face cache, or a local folder."""
 
-    key: str
     description: str
     hub_id: str  # the default checkpoint
     flag: str  # the option that names another one
@@ -142,13 +141,11 @@ class HubModel:
 
 
 POSE_DETECTOR = HubModel(
-    key="pose-detector",
     description="RT-DETR person detector for evaluate --pose",
     hub_id="PekingU/rtdetr_r50vd_coco_o365",
     flag="--pose-detector",
 )
 POSE_ESTIMATOR = HubModel(
-    key="pose-estimator",
     description="ViTPose keypoint estimator for evaluate --pose",
     hub_id="usyd-community/vitpose-base-simple",
     flag="--pose-estimator",
