@@ -248,6 +248,9 @@ def train(
     log_with: Annotated[str | None, typer.Option(help="tensorboard, to log there too.")] = None,
     max_nonfinite_steps: Annotated[int | None, typer.Option(help="Stop after N non-finite losses in a row.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers (default 0).")] = None,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic kernels: bit-exact resume on CUDA (slower).")
+    ] = False,
     config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
     """Train a ControlNet branch on a frozen SD 1.5 under the mask-aware objective."""
@@ -274,7 +277,7 @@ def train(
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume,
         validate_every=validate_every, validation_prompts=tuple(validation_prompt) if validation_prompt else None,
         log_with=log_with,
-        max_nonfinite_steps=max_nonfinite_steps, workers=workers,
+        max_nonfinite_steps=max_nonfinite_steps, workers=workers, deterministic=deterministic or None,
     )  # fmt: skip
     branch = run_train(cfg)
     if os.environ.get("RANK", "0") == "0":

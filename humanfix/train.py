@@ -14,7 +14,10 @@ Features (the diffusers ``train_controlnet.py`` baseline and past it):
   by (seed, step, rank), and the data order from (seed, epoch): resuming replays the run exactly.
 - Atomic checkpoints (a temporary folder, then a rename) holding branch, optimizer, scheduler, RNG states
   and the step; ``--resume latest|PATH``; the ``K`` newest kept.
-- A non-finite loss skips the update and is counted; K in a row stop training, the last checkpoint intact.
+- An update whose loss or gradient norm is non-finite (on any process) is skipped on every process and
+  counted; K in a row stop training, the last checkpoint intact. Under gradient accumulation everything
+  logged and counted is per update (the terms are means over all of the update's samples).
+- ``--deterministic``: torch's deterministic algorithms and cuBLAS workspace, so resume is bit-exact on CUDA.
 - Per step: the loss terms, gated fraction, learning rate, images/s, peak memory: in a rich progress bar,
   in ``OUTPUT/metrics.jsonl`` and in TensorBoard (``--log-with tensorboard``).
 - Result: ``OUTPUT/controlnet/`` (diffusers layout), ``OUTPUT/training_config.toml``, ``OUTPUT/metrics.jsonl``.
@@ -110,8 +113,11 @@ class TrainConfig:
     validation_steps: int = 20
     # "tensorboard" to log there too (metrics.jsonl is always written).
     log_with: str | None = None
-    # Stop after this many non-finite losses in a row.
+    # Stop after this many updates in a row whose loss or gradient was non-finite.
     max_nonfinite_steps: int = 5
+    # Deterministic algorithms (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG): a resumed run
+    # is bit-identical to a straight one on CUDA too, at some speed. Without it, CUDA runs agree to ~1e-5.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -364,9 +370,9 @@ def fit(run: Run) -> dict[str, Any]:
 
     cfg, acc = run.config, run.accelerator
     output = Path(cfg.output)
-    state = {"step": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0}
+    state = {"step": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0, "overflow_total": 0}
     if cfg.resume:
-        state = load_checkpoint(run, resolve_resume(cfg.resume, output))
+        state.update(load_checkpoint(run, resolve_resume(cfg.resume, output)))
     metrics_path = output / "metrics.jsonl"
     if acc.is_main_process:
         _truncate_metrics(metrics_path, state["step"])
@@ -386,6 +392,8 @@ def fit(run: Run) -> dict[str, Any]:
         transient=False,
     )
     images_per_update = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
+    params = [p for p in run.controlnet.parameters() if p.requires_grad]
+    sums = None  # this update's terms (SUM_KEYS), summed over its micro-batches on the device
     with progress:
         task = progress.add_task("train", total=run.total_steps, completed=step, info="")
         tick = time.perf_counter()
@@ -396,44 +404,47 @@ def fit(run: Run) -> dict[str, Any]:
                 micro += 1
                 with acc.accumulate(run.controlnet):
                     out = compute_loss(run, batch, g)
-                    finite = bool(acc.gather(torch.isfinite(out.total.detach()).float().reshape(1)).min() > 0)
-                    if finite:
-                        acc.backward(out.total)
-                        if acc.sync_gradients and cfg.max_grad_norm > 0:
-                            acc.clip_grad_norm_(run.controlnet.parameters(), cfg.max_grad_norm)
-                        run.optimizer.step()
+                    sums = out.sums() if sums is None else sums + out.sums()
+                    acc.backward(out.total)
+                    if acc.sync_gradients:
+                        update = _apply_update(run, params, sums)
                     run.lr_scheduler.step()
                     run.optimizer.zero_grad(set_to_none=True)
-                if not finite:
-                    state["nonfinite_total"] += 1
-                    state["nonfinite_in_a_row"] += 1
-                    log.warning("non-finite loss at step %d: update skipped", step + 1)
-                    if state["nonfinite_in_a_row"] >= cfg.max_nonfinite_steps:
-                        raise TrainingStopped(
-                            f"the loss was non-finite {state['nonfinite_in_a_row']} times in a row at step {step + 1}; "
-                            "stopping (lower --learning-rate or check the data). The last checkpoint is intact"
-                        )
-                elif acc.sync_gradients:
-                    state["nonfinite_in_a_row"] = 0
                 if not acc.sync_gradients:
                     continue
+                sums = None
                 step += 1
                 state["step"] = step
+                if update["nonfinite"]:
+                    state["nonfinite_total"] += 1
+                    state["nonfinite_in_a_row"] += 1
+                    log.warning("non-finite loss or gradient at step %d: update skipped", step)
+                    if state["nonfinite_in_a_row"] >= cfg.max_nonfinite_steps:
+                        raise TrainingStopped(
+                            f"the loss or its gradient was non-finite {state['nonfinite_in_a_row']} times in a row "
+                            f"at step {step}; stopping (lower --learning-rate or check the data). "
+                            "The last checkpoint is intact"
+                        )
+                else:
+                    state["nonfinite_in_a_row"] = 0
+                state["overflow_total"] += int(update["overflow"])
                 now = time.perf_counter()
                 last = {
                     "step": step,
                     "epoch": epoch,
-                    **_gathered_terms(acc, out),
-                    "skipped": not finite,
+                    **update["terms"],
+                    "grad_norm": update["grad_norm"],
+                    "skipped": update["nonfinite"] or update["overflow"],
                     "lr": run.lr_scheduler.get_last_lr()[0],
                     "images_per_s": images_per_update / (now - tick),
                     "peak_memory_gb": peak_memory_gb(acc.device),
                     "nonfinite_total": state["nonfinite_total"],
+                    "overflow_total": state["overflow_total"],
                 }
                 tick = now
-                if acc.is_main_process:  # absent terms (NaN) are written as null: strict JSON
+                if acc.is_main_process:  # absent or non-finite terms are written as null: strict JSON
                     with metrics_path.open("a") as f:
-                        f.write(json.dumps({k: None if v != v else v for k, v in last.items()}) + "\n")
+                        f.write(json.dumps({k: _json_number(v) for k, v in last.items()}) + "\n")
                 if cfg.log_with:
                     acc.log({k: v for k, v in last.items() if isinstance(v, (int, float)) and v == v}, step=step)
                 progress.update(
@@ -449,14 +460,41 @@ def fit(run: Run) -> dict[str, Any]:
     return {**state, "last": last}
 
 
-def _gathered_terms(acc: Any, out: Any) -> dict[str, float]:
-    """The objective's terms averaged over processes (NaN terms, absent on every rank, stay NaN)."""
-    terms = out.log_dict()
-    if acc.num_processes == 1:
-        return terms
-    values = torch.tensor(list(terms.values()), device=acc.device, dtype=torch.float64)
-    stacked = acc.gather(values[None]).reshape(acc.num_processes, -1)
-    return dict(zip(terms, torch.nanmean(stacked, dim=0).tolist(), strict=True))
+def _apply_update(run: Run, params: list[torch.Tensor], sums: torch.Tensor) -> dict[str, Any]:
+    """Clip, then step the optimizer unless the update's loss or gradient norm is non-finite on any process.
+
+    One reduction and one device-to-host read per update carry both the decision (the same on every process)
+    and the terms to log. Under fp16's dynamic loss scaling an overflowing gradient is the scaler's to skip
+    (it lowers the scale and tries again): counted as ``overflow``, not as non-finite, as long as the loss is.
+    """
+    from humanfix.losses.objective import SUM_KEYS
+
+    acc, cfg = run.accelerator, run.config
+    norm = acc.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # inf: measure only
+    norm = sums.new_zeros(()) if norm is None else torch.as_tensor(norm, device=sums.device).double()
+    values = acc.reduce(torch.cat([sums, norm.reshape(1)]), reduction="sum").tolist()
+    totals, grad_norm = dict(zip(SUM_KEYS, values[:-1], strict=True)), values[-1]
+    loss_ok, grad_ok = math.isfinite(totals["loss"]), math.isfinite(grad_norm)
+    scaled = acc.scaler is not None
+    if scaled or (loss_ok and grad_ok):
+        run.optimizer.step()  # the scaler itself skips a step whose gradients are not finite
+    n = totals["n_samples"]
+    return {
+        "nonfinite": not loss_ok or not (grad_ok or scaled),
+        "overflow": loss_ok and scaled and acc.optimizer_step_was_skipped,
+        "grad_norm": grad_norm / acc.num_processes,
+        "terms": {
+            "loss": totals["loss"] / n,
+            "loss_ldm": totals["loss_ldm"] / n,
+            "loss_lpips": totals["lpips"] / totals["n_lpips"] if totals["n_lpips"] else math.nan,
+            "loss_face": totals["face"] / totals["n_face"] if totals["n_face"] else math.nan,
+            "gated_fraction": totals["n_gated"] / n,
+        },
+    }
+
+
+def _json_number(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -630,16 +668,19 @@ def save_config(config: TrainConfig) -> Path:
 
 def train(config: TrainConfig) -> Path:
     """Run training; returns ``OUTPUT/controlnet``."""
-    run = setup(config)
-    acc = run.accelerator
-    if acc.is_main_process:
-        Path(config.output).mkdir(parents=True, exist_ok=True)
-        save_config(config)
-    try:
-        final_state = fit(run)
-        path = save_branch(run)
-    finally:
-        acc.end_training()
+    from humanfix.devices import deterministic_algorithms
+
+    with deterministic_algorithms(config.deterministic):
+        run = setup(config)
+        acc = run.accelerator
+        if acc.is_main_process:
+            Path(config.output).mkdir(parents=True, exist_ok=True)
+            save_config(config)
+        try:
+            final_state = fit(run)
+            path = save_branch(run)
+        finally:
+            acc.end_training()
     if acc.is_main_process:
         skipped = final_state["nonfinite_total"]
         log.info("trained %d steps (%d skipped as non-finite); branch saved to %s", final_state["step"], skipped, path)

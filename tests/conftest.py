@@ -1,4 +1,10 @@
-"""Shared fixtures: an isolated HUMANFIX_HOME, the tiny model, the OCHuman sample (skipped when absent)."""
+"""Shared fixtures: an isolated HUMANFIX_HOME, the tiny model, the OCHuman sample (skipped when absent).
+
+Devices: the suite means the CPU, on every machine. Each test that is not marked ``gpu`` sees no CUDA
+(``torch.cuda.is_available()`` is False in-process; subprocesses get ``CUDA_VISIBLE_DEVICES=""`` and
+accelerate's ``ACCELERATE_USE_CPU``), so it computes and asserts the same on a GPU machine as here.
+Tests marked ``gpu`` (tests/gpu/) see the GPU, and skip where there is none.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,36 @@ os.environ.setdefault("HUMANFIX_HOME", tempfile.mkdtemp(prefix="humanfix-test-ho
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# cuBLAS must see this before its first use for `train --deterministic` to be bit-exact (tests/gpu/).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 REPO = Path(__file__).resolve().parents[1]
 OCHUMAN = REPO.parent / "shared" / "data" / "ochuman-sample"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (the gpu set)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_gpu(request, monkeypatch):
+    """Hide CUDA from every test not marked ``gpu`` (see the module docstring)."""
+    if request.node.get_closest_marker("gpu"):
+        yield
+        return
+    import torch
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +139,12 @@ def write_prepared_split(split_dir: Path, n: int = 3, size: int = 64, seed: int 
         )
     write_records(split_dir, records)
     return split_dir
+
+
+@pytest.fixture
+def write_split():
+    """``write_split(split_dir, n=3, size=64, seed=0)``: :func:`write_prepared_split` for tests in other folders."""
+    return write_prepared_split
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from humanfix.data.sample import write_sample_coco
@@ -46,3 +48,31 @@ def test_cli_chain(tmp_path, humanfix_cli):
     evaluated = json.loads((ev / "metrics.json").read_text())
     assert evaluated["pose_setup"]["weights"] == "random" and evaluated["real"]["pose"]["n_images"] == 6
     assert all(m["pose"]["n_images"] == 1 for m in evaluated["models"].values())
+
+
+@pytest.mark.gpu
+def test_demo_chain_on_cuda(tmp_path, humanfix_cli, fresh_accelerate_state):
+    """`make demo`'s chain, shortened, with every stage on the GPU."""
+    coco = write_sample_coco(tmp_path / "coco")
+    data, run, gen, ev = (tmp_path / n for n in ("data", "run", "generate", "evaluate"))
+    steps = [
+        ["prepare-data", "--coco-root", coco, "--split", "val", "--resolution", "128", "--min-face-size", "8",
+         "--workers", "1", "--out", data],
+        ["train", "--model", "tiny", "--data", data, "--split", "val", "--batch-size", "2", "--max-steps", "4",
+         "--mixed-precision", "bf16", "--lambda-lpips", "0.2", "--lambda-face", "0.5", "--timestep-threshold", "1000",
+         "--output", run],
+        ["generate", "a person smiling", "--model", "tiny", "--compare", f"base,{run / 'controlnet'}", "--steps", "4",
+         "--height", "128", "--width", "128", "--output", gen],
+        ["evaluate", "--faces", "--pose", "--pose-weights", "random", "--report", "--generated", gen, "--real", data,
+         "--output", ev],
+    ]  # fmt: skip
+    for args in steps:
+        code, _, err = humanfix_cli(args)
+        assert code == 0, f"{args[0]} failed: {err[-1500:]}"
+        fresh_accelerate_state()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss_lpips"] is not None and rows[-1]["loss_face"] is not None
+    assert all(np.isfinite(r["loss"]) for r in rows) and rows[-1]["peak_memory_gb"] > 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["device"].startswith("cuda") and metrics["n_real"] == 6
+    assert metrics["real"]["pose"]["n_images"] == 6 and metrics["pose_setup"]["weights"] == "random"

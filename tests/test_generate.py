@@ -249,3 +249,15 @@ def test_two_processes_split_the_work(tiny_model, tmp_path):
     for r in _index(out):  # same noise; 1 vs 2 CPU threads may round differently
         diff = np.abs(_pixels(out / r["file"]).astype(int) - _pixels(single / r["file"])).max()
         assert diff <= 2, r["file"]
+
+
+@pytest.mark.gpu
+def test_generate_same_seed_same_file_on_cuda(tiny_model, tmp_path):
+    cfg = dict(prompts=("a skier", "two people"), model=str(tiny_model), steps=2, height=64, width=64, seed=3)
+    for name in ("a", "b"):
+        generate(GenerateConfig(**cfg, output=tmp_path / name))
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.png"))
+    assert len(files) == 2
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+        assert json.loads(Image.open(tmp_path / "a" / f).info["parameters"])["dtype"] == "float16"  # CUDA default

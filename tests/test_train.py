@@ -314,3 +314,120 @@ def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp
         "metrics.jsonl",
         "training_config.toml",
     ]
+
+
+def test_a_nonfinite_gradient_under_a_finite_loss_skips_the_update(prepared_set, tmp_path, monkeypatch):
+    import humanfix.train as train_module
+
+    real = train_module.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(run, batch, g):
+        out = real(run, batch, g)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the loss stays finite (+0), its gradient is 0 × ∞ = NaN in every branch weight
+            first = next(p for p in run.controlnet.parameters() if p.requires_grad)
+            out.total = out.total + (0 * first.sum()).sqrt()
+            assert torch.isfinite(out.total)
+        return out
+
+    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    out = tmp_path / "run"
+    branch = train(config(prepared_set, out, max_steps=3, checkpoint_every=1, keep_checkpoints=0))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [False, True, False]
+    assert [r["nonfinite_total"] for r in rows] == [0, 1, 1]
+    one, two, _ = (load_file(p / "model.safetensors") for p in checkpoint_dirs(out))
+    assert all(torch.equal(one[k], two[k]) for k in one)  # the poisoned update changed nothing
+    final = load_file(branch / "diffusion_pytorch_model.safetensors")
+    assert all(torch.isfinite(v).all() for v in final.values())
+
+
+def test_gradient_accumulation_counts_and_logs_per_update(prepared_set, tmp_path, monkeypatch, caplog):
+    import humanfix.train as train_module
+
+    real = train_module.compute_loss
+    losses = []
+
+    def poisoned(run, batch, g):
+        out = real(run, batch, g)
+        losses.append(out.total.item())
+        if len(losses) in (3, 4):  # both micro-batches of the second update
+            out.total = out.total * float("nan")
+        return out
+
+    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    out = tmp_path / "run"
+    train(config(prepared_set, out, max_steps=3, gradient_accumulation_steps=2, checkpoint_every=1, keep_checkpoints=0))
+    assert len(losses) == 6
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["skipped"] for r in rows] == [False, True, False]
+    assert [r["nonfinite_total"] for r in rows] == [0, 1, 1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "non-finite" in r.getMessage()]
+    assert warnings == ["non-finite loss or gradient at step 2: update skipped"]
+    assert rows[0]["loss"] == pytest.approx((losses[0] + losses[1]) / 2)  # the update's mean, not the last
+    assert rows[2]["loss"] == pytest.approx((losses[4] + losses[5]) / 2)
+    assert rows[1]["loss"] is None  # the skipped update's loss was not finite
+    one, two, _ = (load_file(p / "model.safetensors") for p in checkpoint_dirs(out))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_deterministic_mode_is_set_for_the_run_and_restored(prepared_set, tmp_path, monkeypatch):
+    import humanfix.train as train_module
+
+    seen = {}
+    real = train_module.compute_loss
+
+    def spy(run, batch, g):
+        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
+        return real(run, batch, g)
+
+    monkeypatch.setattr(train_module, "compute_loss", spy)
+    objective = {"lambda_lpips": 0.5, "lambda_face": 0.5, "timestep_threshold": 1000}
+    a = train(config(prepared_set, tmp_path / "a", max_steps=2, checkpoint_every=0, objective=objective))
+    assert seen["deterministic"] is False
+    b = train(
+        config(prepared_set, tmp_path / "b", max_steps=2, checkpoint_every=0, objective=objective, deterministic=True)
+    )
+    assert seen["deterministic"] is True and not torch.are_deterministic_algorithms_enabled()
+    wa = load_file(a / "diffusion_pytorch_model.safetensors")
+    wb = load_file(b / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the CPU was deterministic already
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("term", ["lpips", "face"])
+def test_bf16_step_sends_each_perceptual_term_into_the_branch(prepared_set, tmp_path, term):
+    from humanfix.train import batches, compute_loss, setup, step_generator
+
+    objective = {f"lambda_{term}": 1.0, "timestep_threshold": 1000}  # L_LDM has zero weight
+    run = setup(config(prepared_set, tmp_path / "run", mixed_precision="bf16", objective=objective))
+    acc = run.accelerator
+    assert acc.device.type == "cuda" and run.weight_dtype == torch.bfloat16
+    batch = next(iter(batches(run, 0, 0)))
+    out = compute_loss(run, batch, step_generator(run.config, 0, 0, 0, acc.device))
+    assert getattr(out, term) is not None and torch.isfinite(out.total)
+    acc.backward(out.total)
+    grads = [
+        p.grad
+        for n, p in acc.unwrap_model(run.controlnet).named_parameters()
+        if n.startswith(("controlnet_down_blocks", "controlnet_mid_block"))
+    ]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+@pytest.mark.gpu
+def test_deterministic_resume_is_bit_exact_on_cuda(prepared_set, tmp_path, fresh_accelerate_state):
+    objective = {"lambda_lpips": 0.5, "lambda_face": 0.3, "timestep_threshold": 1000}
+    straight = train(config(prepared_set, tmp_path / "straight", deterministic=True, objective=objective))
+    fresh_accelerate_state()
+    train(config(prepared_set, tmp_path / "resumed", max_steps=2, deterministic=True, objective=objective))
+    fresh_accelerate_state()
+    resumed = train(
+        config(prepared_set, tmp_path / "resumed", resume="latest", deterministic=True, objective=objective)
+    )
+    a = load_file(straight / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,8 +5,9 @@ output pixels with the same transform as the image.
 
 Keypoint rule (:func:`keypoint_face_box`). The face keypoints are COCO's nose, eyes and ears (indices
 0-4); a point counts when labelled (``v > 0``). At least two are needed, since one point gives no
-scale. The box is a square centred on the mean of the labelled nose and eyes (the ears' mean when
-neither is labelled), with side the largest of these estimates of the face size, each present only
+scale, and one of them must be the nose or an eye: ears alone are a head seen from behind, and an
+identity loss on the back of a head teaches nothing. The box is a square centred on the mean of the
+labelled nose and eyes, with side the largest of these estimates of the face size, each present only
 when both its points are labelled:
 
     2.5 × eye-to-eye distance      (frontal faces)
@@ -76,7 +77,7 @@ def keypoint_face_box(keypoints: Any, person_box: Box) -> Box | None:
     """
     k = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)[:5]
     seen = k[:, 2] > 0
-    if seen.sum() < 2:
+    if seen.sum() < 2 or not seen[[NOSE, LEFT_EYE, RIGHT_EYE]].any():
         return None
     xy = k[:, :2]
 
@@ -92,7 +93,7 @@ def keypoint_face_box(keypoints: Any, person_box: Box) -> Box | None:
     )
     if side <= 0:
         return None
-    centre_ids = [i for i in (NOSE, LEFT_EYE, RIGHT_EYE) if seen[i]] or [LEFT_EAR, RIGHT_EAR]
+    centre_ids = [i for i in (NOSE, LEFT_EYE, RIGHT_EYE) if seen[i]]
     cx, cy = xy[centre_ids].mean(axis=0)
     box = (
         max(cx - side / 2, person_box[0]),

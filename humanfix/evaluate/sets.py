@@ -5,8 +5,13 @@ A ``humanfix generate`` output holds PNGs plus ``index.jsonl``, one JSON record 
 name; older records may carry only ``model``). With ``--compare`` it holds one subfolder per model and a
 ``grids/`` folder: only the files the index names count, so grids never enter a metric.
 
+A ``humanfix prepare-data`` split (``metadata.jsonl`` beside ``images/``, ``masks/``, ``crops/``) counts its
+images alone, as its records name them: masks and crops are never samples. A prepare-data output root (the
+folder ``train --data`` takes) stands for its one split; with several splits it is refused, naming them.
+
 Any other folder is read like clean-fid reads one: every image file below it, recursively, sorted,
-so an FID over it is the FID clean-fid's ``compute_fid`` gives for the same folder.
+so an FID over it is the FID clean-fid's ``compute_fid`` gives for the same folder (less a ``grids/``
+folder inside it, where generate puts its comparison sheets).
 """
 
 from __future__ import annotations
@@ -54,17 +59,46 @@ def list_images(folder: Path) -> list[Path]:
     return [Path(f) for f in files if os.path.isfile(f)]
 
 
-def real_images(folder: str | Path) -> list[Path]:
-    """The real set: a prepare-data split folder's ``images/`` when it has one, else every image below it."""
+def prepared_split(folder: Path) -> Path | None:
+    """The prepare-data split ``folder`` stands for: itself, its one split (a prepare-data root), or None.
+
+    A root holding several splits is a :class:`UserError` naming them: which one is the real set is the user's call.
+    """
+    from humanfix.data.records import METADATA
+
+    if (folder / METADATA).is_file():
+        return folder
+    splits = sorted(p for p in folder.iterdir() if (p / METADATA).is_file()) if folder.is_dir() else []
+    if len(splits) > 1:
+        names = ", ".join(str(p) for p in splits)
+        raise UserError(f"{folder} is a prepare-data output with several splits: pass one of {names}")
+    return splits[0] if splits else None
+
+
+def image_files(folder: str | Path, what: str) -> list[Path]:
+    """The images of ``folder`` (see the module docstring): a prepared split's records, else every image below it
+    (its ``images/`` subfolder when it has one) except generate's ``grids/``."""
+    from humanfix.data.records import read_records
+
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise UserError(f"--real folder not found: {folder}")
-    source = folder / "images" if (folder / "images").is_dir() else folder
-    files = list_images(source)
+        raise UserError(f"{what} folder not found: {folder}")
+    split = prepared_split(folder)
+    if split is not None:
+        files = [split / r.file_name for r in read_records(split)]
+        source = split
+    else:
+        source = folder / "images" if (folder / "images").is_dir() else folder
+        files = [f for f in list_images(source) if GRIDS not in f.relative_to(source).parts[:-1]]
     if not files:
         kinds = ", ".join(sorted({e.lower() for e in EXTENSIONS}))
         raise UserError(f"no images found in {source} (looked for {kinds})")
     return files
+
+
+def real_images(folder: str | Path) -> list[Path]:
+    """The real set (``--real``): see :func:`image_files`."""
+    return image_files(folder, "--real")
 
 
 def read_generated(folder: str | Path) -> GeneratedSet:
@@ -74,9 +108,7 @@ def read_generated(folder: str | Path) -> GeneratedSet:
         raise UserError(f"--generated folder not found: {root}")
     index = root / INDEX
     if not index.is_file():
-        files = list_images(root)
-        if not files:
-            raise UserError(f"no images found in {root} (and no {INDEX})")
+        files = image_files(root, "--generated")
         items = [ImageItem(path=f, label=root.name or str(root), root=root) for f in files]
         return GeneratedSet(root, items, indexed=False)
     items = [_item(root, rec, n, index) for n, rec in _records(index)]

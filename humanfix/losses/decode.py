@@ -5,12 +5,14 @@
 Two ways, by ``region``:
 
 - ``full``: decode the whole latent.
-- ``boxes``: decode only the latent window covering the sample's person and face boxes plus
+- ``boxes``: decode only the latent window covering the pixels the losses read (the objective passes
+  each loss's integer crop boxes: person boxes as boxed, face boxes squared then clipped) plus
   ``margin`` latent pixels on each side (the decoder's receptive field), and place it on a blank
-  full-size canvas. Only pixels inside the boxes are ever read by the losses, so the canvas outside
-  the window never matters. The decoder's group norms and mid-block attention see the window
-  rather than the whole image, so the result differs slightly from a full decode: the error is
-  measured in ``benchmarks/step_cost.py --measure-region-error`` and recorded in docs/performance.md.
+  full-size canvas. The losses read only inside those boxes, so the canvas outside the window never
+  matters (tests/losses/test_objective.py proves it for a face box far taller than wide). The
+  decoder's group norms and mid-block attention see the window rather than the whole image, so the
+  result differs slightly from a full decode: the error is measured in
+  ``benchmarks/step_cost.py --measure-region-error`` and recorded in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def decode_for_loss(
     """Decode N latents for the perceptual losses: N×3×H×W float32, exact where ``region='full'``.
 
     With ``region='boxes'`` each sample's window (see module doc) is decoded on its own and padded
-    back to full size with zeros; ``boxes`` holds each sample's person and face boxes (K_i×4, pixels).
+    back to full size with zeros; ``boxes`` holds, per sample, the pixel boxes the losses will read
+    (K_i×4: a tensor or a list of ``(x0, y0, x1, y1)``, x1/y1 exclusive).
     """
     if region == "full":
         return vae_decode(vae, latents, checkpointing)

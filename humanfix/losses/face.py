@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from humanfix.losses.crops import Boxes, crop_boxes, per_sample_mean
-from humanfix.losses.perceptual import seeded_init
+from humanfix.losses.crops import Boxes, IntBox, crop_boxes, owned, per_sample_mean, read_boxes
+from humanfix.losses.perceptual import seeded_init, unit_normalize
 from humanfix.models import weights
 
 FACE_CROP = 160
@@ -51,6 +51,8 @@ class FaceFeatureLoss(nn.Module):
             path = weights.FACENET_VGGFACE2.require(facenet_weights)
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
+        # The same global average as its AdaptiveAvgPool2d(1), whose CUDA backward has no deterministic kernel.
+        self.net.avgpool_1a = _GlobalMean()
         self.layers = tuple(layers)
         self.register_buffer("layer_weights", torch.tensor(layer_weights, dtype=torch.float32), persistent=False)
         self.pretrained = pretrained
@@ -61,22 +63,32 @@ class FaceFeatureLoss(nn.Module):
         return super().train(False)  # batch norm statistics must stay fixed
 
     def features(self, faces: torch.Tensor) -> list[torch.Tensor]:
-        """Features at ``self.layers`` for faces M×3×160×160 in [-1, 1]."""
+        """Features at ``self.layers`` for faces M×3×160×160 in [-1, 1].
+
+        The network runs in its own dtype; "embedding" is its last batch-norm output L2-normalised in float32
+        (the network's own ``F.normalize`` would run in fp16 under fp16 training, see ``unit_normalize``).
+        """
         captured: dict[str, torch.Tensor] = {}
+        names = [name if name != "embedding" else "last_bn" for name in self.layers]
         hooks = [
             getattr(self.net, name).register_forward_hook(
                 lambda _m, _i, out, name=name: captured.__setitem__(name, out)
             )
-            for name in self.layers
-            if name != "embedding"
+            for name in set(names)
         ]
         try:
             # facenet's fixed_image_standardization maps [0, 255] to (p − 127.5)/128; ours are (p − 127.5)/127.5.
-            captured["embedding"] = self.net(faces * (127.5 / 128.0))
+            self.net(faces * (127.5 / 128.0))
         finally:
             for h in hooks:
                 h.remove()
+        if "last_bn" in captured:
+            captured["embedding"] = unit_normalize(captured["last_bn"][:, :, None, None], eps=1e-12)[:, :, 0, 0]
         return [captured[name] for name in self.layers]
+
+    def regions(self, boxes: Boxes, height: int, width: int) -> tuple[list[int], list[IntBox]]:
+        """The pixels this loss reads for face ``boxes`` in an H×W image: each box squared, then clipped."""
+        return read_boxes(boxes, height, width, square=True)
 
     def forward(self, decoded: torch.Tensor, target: torch.Tensor, boxes: Boxes) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample face loss for decoded/real images N×3×H×W in [-1, 1] and N tensors of K_i×4 face boxes.
@@ -85,16 +97,22 @@ class FaceFeatureLoss(nn.Module):
         """
         n = decoded.shape[0]
         (dec, tgt), owners, _ = crop_boxes(decoded.float(), boxes, FACE_CROP, square=True, extra=(target.float(),))
-        has = torch.zeros(n, dtype=torch.bool, device=decoded.device)
-        if owners.numel() == 0:
+        has = owned(owners, n, decoded.device)
+        if not owners:
             return decoded.new_zeros(n, dtype=torch.float32), has
-        has[owners] = True
         dtype = next(self.net.parameters()).dtype
         decoded_feats = self.features(dec.to(dtype))
         with torch.no_grad():  # the real faces are the reference: no graph, no backward through them
             real_feats = self.features(tgt.to(dtype))
         per_face = dec.new_zeros(dec.shape[0])
         for alpha, a, b in zip(self.layer_weights, decoded_feats, real_feats, strict=True):
-            diff = (a - b).float().flatten(1)
+            diff = (a.float() - b.float()).flatten(1)
             per_face = per_face + alpha * torch.linalg.vector_norm(diff, dim=1) / diff.shape[1] ** 0.5
         return per_sample_mean(per_face, owners, n), has
+
+
+class _GlobalMean(nn.Module):
+    """N×C×H×W -> N×C×1×1 mean over space."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)

@@ -92,6 +92,10 @@ class ObjectiveConfig:
         return self.lambda_lpips > 0 or self.lambda_face > 0
 
 
+# What ObjectiveOutput.sums() holds, in order: each entry adds up over micro-batches and processes.
+SUM_KEYS = ("loss", "loss_ldm", "lpips", "n_lpips", "face", "n_face", "n_gated", "n_samples")
+
+
 @dataclass
 class ObjectiveOutput:
     """The total to backpropagate and every term for logging (terms averaged over the samples that have them)."""
@@ -104,14 +108,26 @@ class ObjectiveOutput:
     n_samples: int
     per_sample: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def log_dict(self) -> dict[str, float]:
-        return {
-            "loss": self.total.item(),
-            "loss_ldm": self.ldm.item(),
-            "loss_lpips": float("nan") if self.lpips is None else self.lpips.item(),
-            "loss_face": float("nan") if self.face is None else self.face.item(),
-            "gated_fraction": self.n_gated / max(1, self.n_samples),
-        }
+    def sums(self) -> torch.Tensor:
+        """The terms as sums over samples, float64 on the device, in ``SUM_KEYS`` order (no device sync).
+
+        An update's terms are these summed over its micro-batches (and processes), then divided by the counts,
+        so a logged term is the mean over every sample of the update that has it.
+        """
+        ps = self.per_sample
+        n = self.n_samples
+        return torch.stack(
+            [
+                self.total.detach().double() * n,
+                ps["ldm"].detach().double().sum(),
+                (ps["lpips"].detach().double() * ps["has_lpips"]).sum(),
+                ps["has_lpips"].double().sum(),
+                (ps["face"].detach().double() * ps["has_face"]).sum(),
+                ps["has_face"].double().sum(),
+                ps["gated"].double().sum(),
+                torch.tensor(float(n), dtype=torch.float64, device=self.total.device),
+            ]
+        )
 
 
 class MaskAwareObjective(nn.Module):
@@ -191,12 +207,14 @@ class MaskAwareObjective(nn.Module):
             idx = need.tolist()
             p_boxes = [person_boxes[i] if want_lpips[i] else _empty(ldm) for i in idx]
             f_boxes = [face_boxes[i] if want_face[i] else _empty(ldm) for i in idx]
-            region_boxes = [
-                torch.cat([p.reshape(-1, 4), f.reshape(-1, 4)]) for p, f in zip(p_boxes, f_boxes, strict=True)
-            ]
-            decoded = decode_for_loss(
-                vae, x0, region_boxes, cfg.decode_region, cfg.decode_margin, cfg.decoder_checkpointing
-            )
+            # The decoded window covers exactly the pixels each loss reads (faces: the squared, clipped box).
+            height, width = images.shape[-2:]
+            regions: list[list[tuple[int, int, int, int]]] = [[] for _ in idx]
+            for loss, boxes in ((self.lpips, p_boxes), (self.face, f_boxes)):
+                if loss is not None:
+                    for owner, box in zip(*loss.regions(boxes, height, width), strict=True):
+                        regions[owner].append(box)
+            decoded = decode_for_loss(vae, x0, regions, cfg.decode_region, cfg.decode_margin, cfg.decoder_checkpointing)
             real = images[need].float()
             if self.lpips is not None and want_lpips.any():
                 size = cfg.lpips_crop_size or min(224, max(64, min(decoded.shape[-2:]) // 2))
@@ -218,7 +236,16 @@ class MaskAwareObjective(nn.Module):
             face=face_i[has_face].mean().detach() if has_face.any() else None,
             n_gated=int(gated.sum()),
             n_samples=n,
-            per_sample={"ldm": ldm, "lpips": lpips_i, "face": face_i, "w_lpips": w_lpips, "w_face": w_face},
+            per_sample={
+                "ldm": ldm,
+                "lpips": lpips_i,
+                "face": face_i,
+                "w_lpips": w_lpips,
+                "w_face": w_face,
+                "has_lpips": has_lpips,
+                "has_face": has_face,
+                "gated": gated,
+            },
         )
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from humanfix.losses.crops import Boxes, crop_boxes, per_sample_mean
+from humanfix.losses.crops import Boxes, IntBox, crop_boxes, owned, per_sample_mean, read_boxes, resize
 from humanfix.models import weights
 
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -38,9 +38,17 @@ _SCALE = (0.458, 0.448, 0.450)
 _SLICE_ENDS = (4, 9, 16, 23, 30)
 
 
-def _normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Unit-normalise features over channels (lpips.normalize_tensor)."""
-    return x / (torch.sqrt(torch.sum(x**2, dim=1, keepdim=True)) + eps)
+def unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Unit-normalise features N×C×H×W over channels, in float32 whatever ``x``'s dtype.
+
+    lpips.normalize_tensor computes ``x / (sqrt(Σ x²) + eps)``; here eps sits inside the square root,
+    ``x / sqrt(Σ x² + eps)``, which differs by < 1e-5 relative for any feature norm above 1e-3 but keeps the
+    gradient finite at an all-zero feature vector (sqrt's derivative at 0 is infinite, so LPIPS' own form
+    gives 0 × ∞ = NaN there). Float32 because Σ x² overflows fp16 once the features' RMS exceeds ~11 at
+    512 channels, and eps = 1e-10 is 0 in fp16.
+    """
+    x = x.float()
+    return x * torch.rsqrt(torch.sum(x * x, dim=1, keepdim=True) + eps)
 
 
 class MaskedLPIPS(nn.Module):
@@ -97,23 +105,26 @@ class MaskedLPIPS(nn.Module):
         return out
 
     def distance_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The weighted spatial LPIPS map, N×1×H×W, for images N×3×H×W in [-1, 1].
+        """The weighted spatial LPIPS map, N×1×H×W float32, for images N×3×H×W in [-1, 1].
 
         ``y`` is the reference (the real image): its features are computed without a graph, so the backward
-        pass runs through VGG for ``x`` alone.
+        pass runs through VGG for ``x`` alone. VGG runs in the module's dtype; the normalisation, the
+        distances and the heads run in float32 (see :func:`unit_normalize`).
         """
-        n = x.shape[0]
+        n, height, width = x.shape[0], *x.shape[-2:]
         fx = self.layer_features(x)
         with torch.no_grad():
             fy = self.layer_features(y)
-        total = x.new_zeros((n, 1, *x.shape[-2:]))
+        total = torch.zeros((n, 1, height, width), device=x.device)
         for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
-            diff = (_normalize(a) - _normalize(b)) ** 2
-            layer = self.lins[k](diff)
-            total = total + self.layer_weights[k] * F.interpolate(
-                layer, size=x.shape[-2:], mode="bilinear", align_corners=False
-            )
+            diff = (unit_normalize(a) - unit_normalize(b)) ** 2
+            layer = F.conv2d(diff, self.lins[k].weight.float())
+            total = total + self.layer_weights[k] * resize(layer, height, width)
         return total
+
+    def regions(self, boxes: Boxes, height: int, width: int) -> tuple[list[int], list[IntBox]]:
+        """The pixels this loss reads for person ``boxes`` in an H×W image: (owner, integer box) per usable box."""
+        return read_boxes(boxes, height, width)
 
     def forward(
         self,
@@ -138,16 +149,15 @@ class MaskedLPIPS(nn.Module):
         (dec, tgt, msk), owners, used = crop_boxes(
             decoded.float(), boxes, crop_size or self.crop_size, extra=(target.float(), masks.float())
         )
-        has = torch.zeros(n, dtype=torch.bool, device=decoded.device)
-        if owners.numel() == 0:
+        has = owned(owners, n, decoded.device)
+        if not owners:
             return decoded.new_zeros(n, dtype=torch.float32), has
-        has[owners] = True
         dtype = self.lins[0].weight.dtype
         dmap = self.distance_map(dec.to(dtype), tgt.to(dtype)).float()
         mask_area = msk.sum(dim=(1, 2, 3))
         # A box whose mask is empty is averaged uniformly rather than dropped.
         weight_map = torch.where(mask_area[:, None, None, None] > 0, msk, torch.ones_like(msk))
         per_box = (dmap * weight_map).sum(dim=(1, 2, 3)) / weight_map.sum(dim=(1, 2, 3))
-        area = torch.tensor([(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in used], device=per_box.device)
+        area = torch.tensor([float((x1 - x0) * (y1 - y0)) for x0, y0, x1, y1 in used]).to(per_box.device)
         box_weight = area * (weight_map.mean(dim=(1, 2, 3)))  # ≈ mask pixels in the original box
         return per_sample_mean(per_box, owners, n, box_weight), has

@@ -83,3 +83,10 @@ def test_keypoint_boxes_agree_with_mtcnn_on_real_photos(ochuman):
                 agree.append(max(matches))
     # Two people have both a keypoint face and a detected face; the boxes agree closely.
     assert len(agree) >= 2 and min(agree) >= 0.5, agree
+
+
+def test_ears_alone_give_no_face():
+    """A head seen from behind (ears labelled, no nose, no eye) has no face to compare identities on."""
+    assert keypoint_face_box(kps(left_ear=(80, 100), right_ear=(120, 100)), BIG) is None
+    assert keypoint_face_box(kps(left_ear=(80, 100), right_ear=(120, 100), nose=(100, 104)), BIG) is not None
+    assert keypoint_face_box(kps(left_ear=(80, 100), left_eye=(92, 98)), BIG) is not None

@@ -70,3 +70,26 @@ def test_list_images_recurses_and_sorts(tmp_path, noise_folder):
     noise_folder(tmp_path / "a", n=2)
     files = list_images(tmp_path)
     assert [f.parent.name for f in files] == ["a", "a", "b"]
+
+
+def test_real_on_a_prepare_data_root_reads_its_split_images_only(tmp_path, noise_folder, write_split):
+    """The folder `train --data` takes holds masks and crops beside the images: none of them is a real image."""
+    root = tmp_path / "data"
+    split = write_split(root / "val", n=3)
+    noise_folder(split / "crops" / "faces", n=3, seed=1)
+    noise_folder(split / "crops" / "persons", n=3, seed=2)
+    expected = sorted(split / f"images/{100 + i}.jpg" for i in range(3))
+    assert real_images(root) == expected
+    assert real_images(split) == expected
+    write_split(root / "train", n=2)
+    with pytest.raises(UserError, match=r"several splits.*train.*val"):
+        real_images(root)
+    assert len(real_images(root / "train")) == 2
+
+
+def test_generated_folder_without_index_never_counts_grids_masks_or_crops(tmp_path, noise_folder, write_split):
+    folder = noise_folder(tmp_path / "plain", n=3)
+    noise_folder(folder / "grids", n=2, seed=1)
+    assert len(read_generated(folder).items) == 3
+    write_split(tmp_path / "prepared" / "val", n=2)
+    assert len(read_generated(tmp_path / "prepared").items) == 2

@@ -193,3 +193,25 @@ def test_missing_pretrained_weights_name_the_file(tmp_path, monkeypatch):
         MaskAwareObjective(ObjectiveConfig(lambda_lpips=0.5), torch.ones(1000))  # ...building it needs the file
     with pytest.raises(UserError, match="20180402-114759-vggface2.pt"):
         MaskAwareObjective(ObjectiveConfig(lambda_face=0.5), torch.ones(1000))
+
+
+@pytest.mark.parametrize("margin", [0, 2])
+def test_face_crop_never_reads_outside_the_decoded_window(tiny_components, margin):
+    """A face box far taller than wide, face term alone, box decoding: the face network must see decoded pixels
+    only (the window covers the squared face box the crop reads), never the zero canvas around the window."""
+    objective = make_objective(tiny_components, lambda_face=1.0, timestep_threshold=1000, decode_margin=margin)
+    seen = []
+    objective.face.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    res, lat = 256, 32
+    g = torch.Generator().manual_seed(0)
+    noisy, pred, target = torch.randn(3, 1, 4, lat, lat, generator=g).unbind(0)
+    images = torch.rand(1, 3, res, res, generator=g) * 2 - 1
+    face = torch.tensor([[100.0, 60.0, 140.0, 200.0]])  # 40 wide, 140 tall: the square is 140 wide
+    out = objective(
+        tiny_components.vae, pred, target, noisy, torch.tensor([10]), images, torch.ones(1, 1, res, res),
+        [torch.zeros(0, 4)], [face],
+    )  # fmt: skip
+    assert out.face is not None and len(seen) == 2  # decoded crop, then the real one
+    decoded_crop = seen[0][0]
+    assert (decoded_crop.abs().amax(dim=(0, 1)) > 0).all(), "all-zero columns: the crop read the blank canvas"
+    assert (decoded_crop.abs().amax(dim=(0, 2)) > 0).all(), "all-zero rows: the crop read the blank canvas"

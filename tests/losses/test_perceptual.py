@@ -1,7 +1,8 @@
 import lpips
+import pytest
 import torch
 
-from humanfix.losses.perceptual import MaskedLPIPS
+from humanfix.losses.perceptual import MaskedLPIPS, unit_normalize
 
 
 def test_distance_map_equals_the_lpips_package():
@@ -38,3 +39,28 @@ def test_pretrained_trunk_loads_torchvision_vgg16_file(tmp_path, monkeypatch):
     torch.save(state, path)
     net = MaskedLPIPS(pretrained=True)
     torch.testing.assert_close(net.features[28].weight, state["features.28.weight"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_unit_normalisation_is_finite_at_zero_and_for_large_features(dtype):
+    """LPIPS' channel normalisation: an all-zero feature vector gives a finite value in every dtype and a finite
+    gradient (LPIPS' own form gives NaN), and features with RMS 20 over 512 channels (their sum of squares
+    overflows fp16) stay exact."""
+    zero = torch.zeros(1, 512, 2, 2, dtype=dtype)
+    assert torch.isfinite(unit_normalize(zero)).all()
+    zero32 = torch.zeros(1, 512, 2, 2, requires_grad=True)
+    unit_normalize(zero32).sum().backward()
+    assert torch.isfinite(zero32.grad).all()
+    big = torch.full((1, 512, 2, 2), 20.0, dtype=dtype)
+    torch.testing.assert_close(unit_normalize(big).float(), torch.full((1, 512, 2, 2), 512**-0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_distance_map_matches_fp32(dtype):
+    net = MaskedLPIPS(pretrained=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(2, 1, 3, 64, 64, generator=g) * 2 - 1).unbind(0)
+    ref = net.distance_map(x, y)
+    half = net.to(dtype).distance_map(x.to(dtype), y.to(dtype))
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    torch.testing.assert_close(half, ref, rtol=0.1, atol=0.02)
