@@ -36,8 +36,9 @@ stage "4/5 generate: the same prompts and seeds through plain SD and SD + the br
 "$HF" generate "an astronaut smiling for a portrait" "a man filming with a camera on a tripod" --model tiny \
   --compare "base,$OUT/run/controlnet" --num-images 2 --steps 10 --height 128 --width 128 --output "$OUT/generate"
 
-stage "5/5 evaluate: face detection on generated and real images, and the blind A/B inspection page"
-"$HF" evaluate --faces --report --generated "$OUT/generate" --real "$OUT/data/val" --output "$OUT/evaluate"
+stage "5/5 evaluate: faces, poses (random stand-in detector and estimator) and the blind A/B inspection page"
+"$HF" evaluate --faces --pose --pose-weights random --report --generated "$OUT/generate" --real "$OUT/data/val" \
+  --output "$OUT/evaluate"
 
 stage "done"
 echo "branch:  $OUT/run/controlnet (diffusers layout)"
