@@ -328,16 +328,30 @@ def evaluate(
     face_threshold: Annotated[float | None, typer.Option(help="MTCNN probability of a face (default 0.9).")] = None,
     clip: Annotated[bool, typer.Option("--clip", help="CLIP score, when CLIP weights are on disk.")] = False,
     clip_model: Annotated[str | None, typer.Option(help="CLIP hub id (local cache) or folder.")] = None,
+    pose: Annotated[
+        bool, typer.Option("--pose", help="Persons (RT-DETR), keypoints (ViTPose): person rate, plausible poses.")
+    ] = False,
+    pose_detector: Annotated[str | None, typer.Option(help="Person detector: hub id (local cache) or folder.")] = None,
+    pose_estimator: Annotated[str | None, typer.Option(help="ViTPose: hub id (local cache) or folder.")] = None,
+    pose_weights: Annotated[
+        str | None, typer.Option(help="pretrained (default) or random (tiny stand-ins, numbers mean nothing).")
+    ] = None,
+    pose_reference: Annotated[
+        str | None, typer.Option(help="Real row: detector (default) or ground-truth (a prepared split's keypoints).")
+    ] = None,
+    person_threshold: Annotated[float | None, typer.Option(help="Detector probability of a person (0.5).")] = None,
+    keypoint_threshold: Annotated[float | None, typer.Option(help="Confidence for a keypoint to count (0.3).")] = None,
+    pose_bootstrap: Annotated[int | None, typer.Option(help="Resamples for the pose rates' intervals (1000).")] = None,
     report: Annotated[bool, typer.Option("--report", help="Write OUTPUT/report.html with blind A/B.")] = False,
     report_images: Annotated[str | None, typer.Option(help="embed (default: one file) or link.")] = None,
     ratings: Annotated[list[str] | None, typer.Option(help="A/B choices JSON from report.html; repeatable.")] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:1, ...")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per Inception forward (default 32).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per Inception or detector forward (32).")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Image-loading processes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Bootstrap, KID subsets, A/B order (default 0).")] = None,
     config: Annotated[str | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
-    """FID/KID with a bootstrap interval, face metrics, CLIP score, an HTML report with blind A/B, A/B ratings."""
+    """FID/KID with a bootstrap interval, face and pose metrics, CLIP score, an HTML report with blind A/B, ratings."""
     from humanfix.config import build_config
     from humanfix.evaluate.run import EvaluateConfig
     from humanfix.evaluate.run import evaluate as run_evaluate
@@ -346,7 +360,10 @@ def evaluate(
         EvaluateConfig, config, generated=tuple(generated) if generated else None, real=real, real_stats=real_stats,
         save_stats=save_stats, output=output, fid=fid or None, kid=kid or None, bootstrap=bootstrap, mode=mode,
         inception_weights=inception_weights, faces=faces or None, face_threshold=face_threshold, clip=clip or None,
-        clip_model=clip_model, report=report or None, report_images=report_images,
+        clip_model=clip_model, pose=pose or None, pose_detector=pose_detector, pose_estimator=pose_estimator,
+        pose_weights=pose_weights, pose_reference=pose_reference, person_threshold=person_threshold,
+        keypoint_threshold=keypoint_threshold, pose_bootstrap=pose_bootstrap, report=report or None,
+        report_images=report_images,
         ratings=tuple(ratings) if ratings else None, device=device, batch_size=batch_size, num_workers=num_workers,
         seed=seed,
     )  # fmt: skip

@@ -42,6 +42,10 @@ def run_checks(sd_model: str = weights.SD15_HUB_ID) -> list[Check]:
         path = asset.path()
         ok = path.is_file()
         checks.append(Check(asset.description, ok, str(path) if ok else f"missing: put {asset.url} at {path}"))
+    for model in weights.HUB_MODELS:
+        present, where = model.location()
+        detail = where if present else f"missing: `hf download {model.hub_id}` (belongs in {where})"
+        checks.append(Check(f"{model.description} ({model.hub_id})", present, detail))
     heads = weights.lpips_heads_path()
     checks.append(Check("LPIPS linear heads (ship with lpips)", heads.is_file(), str(heads)))
     tiny = tiny_model_dir()

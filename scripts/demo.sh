@@ -47,8 +47,9 @@ stage "5/6 generate: the same prompts and seeds through plain SD, SD + the branc
   --compare "base,$OUT/run/controlnet,$OUT/run-lora/lora" --num-images 2 --steps 10 --height 128 --width 128 \
   --output "$OUT/generate"
 
-stage "6/6 evaluate: face detection on generated and real images, and the blind A/B inspection page"
-"$HF" evaluate --faces --report --generated "$OUT/generate" --real "$OUT/data/val" --output "$OUT/evaluate"
+stage "6/6 evaluate: faces, poses (random stand-in detector and estimator) and the blind A/B inspection page"
+"$HF" evaluate --faces --pose --pose-weights random --report --generated "$OUT/generate" --real "$OUT/data/val" \
+  --output "$OUT/evaluate"
 
 stage "done"
 echo "branch:  $OUT/run/controlnet (diffusers layout)"

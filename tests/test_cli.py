@@ -22,7 +22,8 @@ def test_doctor_reports_assets_and_the_tiny_model(humanfix_cli, tmp_path, monkey
     code, out, _ = humanfix_cli(["doctor"])
     assert code == 0
     for needle in ("python", "torch", "device", "vgg16-397923af.pth", "20180402-114759-vggface2.pt",
-                   "inception-2015-12-05.pt", "models/tiny", "missing"):  # fmt: skip
+                   "inception-2015-12-05.pt", "models/tiny", "missing", "rtdetr_r50vd_coco_o365",
+                   "vitpose-base-simple", "hf download"):  # fmt: skip
         assert needle in out, needle
 
 

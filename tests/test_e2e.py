@@ -36,7 +36,8 @@ def test_cli_chain(tmp_path, humanfix_cli):
          "--output", lora],
         ["generate", "a person smiling", "--model", "tiny", "--compare", f"base,{run / 'controlnet'},{lora / 'lora'}",
          "--steps", "2", "--height", "64", "--width", "64", "--output", gen],
-        ["evaluate", "--faces", "--report", "--generated", gen, "--real", data / "val", "--output", ev],
+        ["evaluate", "--faces", "--pose", "--pose-weights", "random", "--report", "--generated", gen, "--real",
+         data / "val", "--output", ev],
     ]  # fmt: skip
     for args in steps:
         code, out, err = humanfix_cli(args)
@@ -48,7 +49,10 @@ def test_cli_chain(tmp_path, humanfix_cli):
     index = [json.loads(line) for line in (gen / "index.jsonl").read_text().splitlines()]
     assert len(index) == 3 and [r["label"] for r in index] == ["base", "run", "lora-run"]
     assert (ev / "report.html").is_file() and (ev / "metrics.json").is_file()
-    assert {"base", "run", "lora-run"} <= set(json.loads((ev / "metrics.json").read_text())["models"])
+    evaluated = json.loads((ev / "metrics.json").read_text())
+    assert evaluated["pose_setup"]["weights"] == "random" and evaluated["real"]["pose"]["n_images"] == 6
+    assert all(m["pose"]["n_images"] == 1 for m in evaluated["models"].values())
+    assert set(evaluated["models"]) == {"base", "run", "lora-run"}
 
 
 @pytest.mark.gpu
@@ -64,7 +68,8 @@ def test_demo_chain_on_cuda(tmp_path, humanfix_cli, fresh_accelerate_state):
          "--output", run],
         ["generate", "a person smiling", "--model", "tiny", "--compare", f"base,{run / 'controlnet'}", "--steps", "4",
          "--height", "128", "--width", "128", "--output", gen],
-        ["evaluate", "--faces", "--report", "--generated", gen, "--real", data, "--output", ev],
+        ["evaluate", "--faces", "--pose", "--pose-weights", "random", "--report", "--generated", gen, "--real", data,
+         "--output", ev],
     ]  # fmt: skip
     for args in steps:
         code, _, err = humanfix_cli(args)
@@ -75,3 +80,4 @@ def test_demo_chain_on_cuda(tmp_path, humanfix_cli, fresh_accelerate_state):
     assert all(np.isfinite(r["loss"]) for r in rows) and rows[-1]["peak_memory_gb"] > 0
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["device"].startswith("cuda") and metrics["n_real"] == 6
+    assert metrics["real"]["pose"]["n_images"] == 6 and metrics["pose_setup"]["weights"] == "random"

@@ -7,6 +7,7 @@ the folder it belongs in and where to get it. ``humanfix doctor`` prints the sam
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,67 @@ def lpips_heads_path() -> Path:
     import lpips
 
     return Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth"
+
+
+# A hub id as the Hub spells them: "name" or "owner/name" (letters, digits, '-', '_', '.').
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A transformers checkpoint: a hub id found in the local Hugging Face cache, or a local folder."""
+
+    description: str
+    hub_id: str  # the default checkpoint
+    flag: str  # the option that names another one
+
+    @staticmethod
+    def _folder(name: str) -> Path | None:
+        """``name`` as a local folder: an existing folder, or anything that cannot be a hub id."""
+        path = Path(name).expanduser()
+        return path if path.is_dir() or not _HUB_ID.match(name) else None
+
+    def location(self, name: str | None = None) -> tuple[bool, str]:
+        """Whether ``name`` (default ``hub_id``) is here, and the folder where it is or belongs."""
+        name = name or self.hub_id
+        folder = self._folder(name)
+        if folder is not None:
+            return (folder / "config.json").is_file(), str(folder)
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+        cache = Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}"
+        return isinstance(found, str), str(cache)
+
+    def require(self, name: str | None = None) -> str:
+        """What ``from_pretrained(..., local_files_only=True)`` should load; one clear line when it is not here."""
+        name = name or self.hub_id
+        folder = self._folder(name)
+        if folder is not None:
+            if (folder / "config.json").is_file():
+                return str(folder)
+            what = "has no config.json (not a transformers checkpoint)" if folder.is_dir() else "not found"
+            raise UserError(f"{self.description}: folder {folder} {what}")
+        present, where = self.location(name)
+        if present:
+            return name
+        raise UserError(
+            f"missing {self.description} {name!r}: not in the Hugging Face cache ({where}). "
+            f"Download it with `hf download {name}`, or pass {self.flag} FOLDER"
+        )
+
+
+POSE_DETECTOR = HubModel(
+    description="RT-DETR person detector for evaluate --pose",
+    hub_id="PekingU/rtdetr_r50vd_coco_o365",
+    flag="--pose-detector",
+)
+POSE_ESTIMATOR = HubModel(
+    description="ViTPose keypoint estimator for evaluate --pose",
+    hub_id="usyd-community/vitpose-base-simple",
+    flag="--pose-estimator",
+)
+HUB_MODELS = (POSE_DETECTOR, POSE_ESTIMATOR)
 
 
 def sd15_location(model: str = SD15_HUB_ID) -> tuple[bool, str]:

@@ -63,3 +63,39 @@ def test_report_loads_and_records_choices_in_chromium(tmp_path, compare_output, 
     assert "judged 2/4" in result["progress"]
     assert "<title>humanfix evaluation</title>" in dom  # the prompt's onerror never ran
     assert dom.count("<img ") == 8 + 2  # gallery + the two A/B slots: the prompt made no element
+
+
+def test_skeleton_overlay_is_drawn_over_the_images(tmp_path, compare_output):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    gen = compare_output(tmp_path / "gen", ["a person"], [1, 2], ["base", "ours"])
+    groups = group_by_model([read_generated(gen)])
+    standing = [
+        [32, 6, 0.9],
+        [33, 5, 0.9],
+        [31, 5, 0.9],
+        [34, 6, 0.9],
+        [30, 6, 0.9],
+        [39, 13, 0.9],
+        [25, 13, 0.9],
+        [39, 24, 0.9],
+        [25, 24, 0.9],
+        [40, 33, 0.9],
+        [24, 33, 0.9],
+        [35, 30, 0.9],
+        [29, 30, 0.9],
+        [35, 45, 0.9],
+        [29, 45, 0.9],
+        [35, 60, 0.9],
+        [29, 60, 0.1],
+    ]  # fmt: skip  right ankle not drawn
+    person = {"keypoints": standing, "plausibility": 1.0, "failed": []}
+    first = [it.path for it in groups["base"]]
+    skeletons = {first[0]: {"w": 64, "h": 64, "persons": [person]}, first[1]: {"w": 64, "h": 64, "persons": []}}
+    page = write_report(tmp_path / "out" / "report.html", groups, skeletons=skeletons, keypoint_threshold=0.3)
+    dom = _dump_dom(browser, page.as_uri() + "#selftest", tmp_path / "profile")
+    result = json.loads(html.unescape(re.search(r'<pre id="selftest-result"[^>]*>(.*?)</pre>', dom, re.S).group(1)))
+    assert result["images"] == 4 and result["loaded"] == 4  # the images themselves are untouched
+    assert result["skeletons"] == 2  # one SVG per image with pose data, shown while the toggle is on
+    assert result["skeleton_lines"] == 19 - 1  # COCO's 19 bones, less the one that ends at the faint ankle

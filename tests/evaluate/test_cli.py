@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -161,3 +163,102 @@ def test_toml_config_gives_the_same_options(tmp_path, humanfix_cli, noise_folder
     cfg.write_text('generated = ["x"]\nfidd = true\n')
     code, _, stderr = humanfix_cli(["evaluate", "--config", cfg])
     assert code == 2 and "unknown EvaluateConfig option(s): fidd" in stderr
+
+
+# A person standing facing the camera, 60 px tall in a 64×64 image, at Drillis & Contini's heights (COCO order).
+STANDING = [[32, 6.2, 2], [33.1, 5.6, 2], [30.9, 5.6, 2], [34.5, 6, 2], [29.5, 6, 2], [38.6, 12.9, 2], [25.4, 12.9, 2],
+            [39, 24.2, 2], [25, 24.2, 2], [39.5, 32.9, 2], [24.5, 32.9, 2], [35, 30.2, 2], [29, 30.2, 2],
+            [35, 44.9, 2], [29, 44.9, 2], [35, 59.7, 2], [29, 59.7, 2]]  # fmt: skip
+
+
+def _with_keypoints(split, keypoints) -> None:
+    from humanfix.data.records import read_records, write_records
+
+    write_records(split, [dataclasses.replace(r, keypoints=[keypoints]) for r in read_records(split)])
+
+
+def test_pose_end_to_end_with_random_weights(tmp_path, humanfix_cli, compare_output, prepared_set):
+    gen = compare_output(tmp_path / "gen", ["a person", "two people"], [1, 2], ["base", "ours"])
+    _with_keypoints(prepared_set / "val", STANDING)
+    out = tmp_path / "out"
+    code, stdout, stderr = humanfix_cli(
+        ["evaluate", "--pose", "--pose-weights", "random", "--pose-reference", "ground-truth", "--report",
+         "--generated", gen, "--real", prepared_set / "val", "--pose-bootstrap", "200", "--device", "cpu",
+         "--output", out]
+    )  # fmt: skip
+    assert code == 0, stderr
+    m = json.loads((out / "metrics.json").read_text())
+    setup = m["pose_setup"]
+    assert setup["weights"] == "random" and "random stand-in weights" in setup["label"]
+    assert setup["reference"] == "ground-truth" and setup["bootstrap"]["resamples"] == 200
+    assert any("random stand-in weights" in n for n in m["notes"])
+    for label in ("base", "ours"):
+        p = m["models"][label]["pose"]
+        assert p["n_images"] == 4 and p["person_rate"] == 1.0 and p["n_persons"] >= 4
+        assert 0 < p["keypoint_confidence"] <= 1 and p["n_scored"] + p["n_unscored"] == p["n_persons"]
+        lo, hi = p["plausible_rate_interval"]
+        assert 0 <= lo <= p["plausible_rate"] <= hi <= 1 and 0 <= p["plausibility"] <= 1
+    real = m["real"]["pose"]
+    assert real["source"].startswith("ground truth") and real["keypoint_confidence"] is None
+    assert (real["n_persons"], real["n_scored"], real["plausible_rate"], real["plausibility"]) == (3, 3, 1.0, 1.0)
+    lines = [json.loads(line) for line in (out / "pose.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 + 3 and {ln["model"] for ln in lines} == {"base", "ours", "real"}
+    assert all(len(p["keypoints"]) == 17 and len(p["box"]) == 4 for ln in lines for p in ln["persons"])
+    page = (out / "report.html").read_text()
+    data = json.loads(re.search(r'<script id="pose-data" type="application/json">(.*?)</script>', page, re.S)[1])
+    assert len(data["images"]) == 8 and data["min_confidence"] == 0.3 and 'id="show-skeletons"' in page
+    assert "random stand-in weights" in page and "plausible poses" in page
+    assert "RANDOM" in stdout and "plausible" in stdout and "pose.jsonl" in stdout
+
+
+def test_pose_bad_input_is_one_line_or_a_note(tmp_path, humanfix_cli, noise_folder, prepared_set, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    gen = noise_folder(tmp_path / "gen", n=2)
+    random = ["--pose", "--pose-weights", "random", "--device", "cpu", "--pose-bootstrap", "50"]
+    errors = [
+        (["--pose", "--pose-detector", "nobody/nothing", "--generated", gen], "hf download nobody/nothing"),
+        (["--pose", "--generated", gen], "hf download PekingU/rtdetr_r50vd_coco_o365"),
+        ([*random, "--pose-reference", "ground-truth", "--generated", gen], "reads the keypoints of --real"),
+        ([*random, "--pose-reference", "ground-truth", "--generated", gen, "--real", gen], "prepare-data split"),
+        ([*random, "--pose-weights", "imagenet", "--generated", gen], "--pose-weights must be"),
+        ([*random, "--person-threshold", "1.5", "--generated", gen], "--person-threshold must be"),
+    ]
+    for args, message in errors:
+        code, _, stderr = humanfix_cli(["evaluate", *args, "--output", tmp_path / "o"])
+        assert code == 2 and message in stderr, (args, stderr)
+        assert stderr.strip().count("\n") == 0 and "Traceback" not in stderr
+    # no person in any image; every person with too few confident keypoints; ground truth with too few
+    _with_keypoints(prepared_set / "val", [[0, 0, 0]] * 12 + STANDING[12:])
+    for args, note in [
+        (["--person-threshold", "0.99"], "no person found in 2 image(s)"),
+        (["--keypoint-threshold", "0.99"], "above --keypoint-threshold 0.99: no plausibility"),
+        (["--pose-reference", "ground-truth", "--real", prepared_set / "val"], "pose, real: none of 3 person(s)"),
+    ]:
+        out = tmp_path / "notes"
+        code, _, stderr = humanfix_cli(["evaluate", *random, *args, "--generated", gen, "--output", out])
+        assert code == 0, stderr
+        m = json.loads((out / "metrics.json").read_text())
+        assert any(note in n for n in m["notes"]), m["notes"]
+        pose = m["real"]["pose"] if "--real" in args else m["pose"]
+        assert pose["plausible_rate"] is None and pose["plausibility"] is None
+
+
+def test_pose_ground_truth_of_the_prepared_ochuman_sample_is_plausible(tmp_path, humanfix_cli, ochuman, noise_folder):
+    """A prepared split's keypoints (resized and cropped by prepare-data) are the real reference row."""
+    code, _, err = humanfix_cli(
+        ["prepare-data", "--keypoints", ochuman / "person_keypoints.json", "--captions", ochuman / "captions.json",
+         "--images", ochuman, "--split", "val", "--min-coverage", "0", "--resolution", "128", "--face-detector",
+         "none", "--workers", "1", "--no-save-crops", "--out", tmp_path / "data"]
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = humanfix_cli(
+        ["evaluate", "--pose", "--pose-weights", "random", "--pose-reference", "ground-truth", "--device", "cpu",
+         "--generated", noise_folder(tmp_path / "gen", n=2), "--real", tmp_path / "data" / "val",
+         "--output", tmp_path / "out"]
+    )  # fmt: skip
+    assert code == 0, err
+    real = json.loads((tmp_path / "out" / "metrics.json").read_text())["real"]["pose"]
+    assert (real["n_images"], real["n_persons"], real["n_scored"]) == (3, 5, 5)
+    assert real["plausible_rate"] == 1.0 and real["plausibility"] == 1.0
