@@ -352,7 +352,7 @@ def humanfix_step(run, batch, g, compute_loss) -> None:
 
     out = compute_loss(run, batch, g)
     run.accelerator.backward(out.total)
-    _apply_update(run, [p for p in run.controlnet.parameters() if p.requires_grad], out.sums())
+    _apply_update(run, run.params, out.sums())
     run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
 
