@@ -71,14 +71,15 @@ def load_diffusers_lora(unet: Any, folder: str | Path) -> None:
 
     state, _ = StableDiffusionPipeline.lora_state_dict(str(folder))
     state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items()})
-    result = set_peft_model_state_dict(unet, state, adapter_name="default")
+    differ = f"the LoRA in {folder} does not match this run's LoRA (rank, targets or base model differ)"
+    try:
+        result = set_peft_model_state_dict(unet, state, adapter_name="default")
+    except RuntimeError as e:  # a shape mismatch: another rank or base
+        raise UserError(f"{differ}: {str(e).splitlines()[-1].strip()}") from None
     mine = {k for k, _ in unet.named_parameters() if "lora_" in k}
     missing = mine & set(result.missing_keys)
     if result.unexpected_keys or missing:
-        raise UserError(
-            f"the LoRA in {folder} does not match this run's LoRA (rank, targets or base model differ): "
-            f"{len(result.unexpected_keys)} unexpected and {len(missing)} missing tensors"
-        )
+        raise UserError(f"{differ}: {len(result.unexpected_keys)} unexpected and {len(missing)} missing tensors")
 
 
 def write_kohya_lora(folder: str | Path, alpha: float, metadata: dict[str, str]) -> Path:

@@ -70,6 +70,10 @@ def test_checkpoint_file_round_trips_exactly(tiny_model, tiny_lora, tmp_path):
     add_lora(other, 4, 8.0, "attn")  # other targets: the checkpoint is not this run's
     with pytest.raises(UserError, match="does not match this run's LoRA"):
         load_diffusers_lora(other, tiny_lora)
+    wider = load_components(str(tiny_model)).unet
+    add_lora(wider, 8, 8.0, "attn-ff-conv")  # another rank
+    with pytest.raises(UserError, match="does not match this run's LoRA.*size mismatch"):
+        load_diffusers_lora(wider, tiny_lora)
 
 
 def test_a_lora_that_does_not_fit_the_base_is_refused_before_loading(tiny_model, tiny_lora, tmp_path):
