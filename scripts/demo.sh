@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 HF=${HUMANFIX:-.venv/bin/humanfix}
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUT:-demo-output}
-export HUMANFIX_HOME=${HUMANFIX_HOME:-$PWD/$OUT/home}
+case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac  # DEMO_OUT may be absolute or relative to the repository
+export HUMANFIX_HOME=${HUMANFIX_HOME:-$OUT/home}
 rm -rf "$OUT/coco" "$OUT/data" "$OUT/run" "$OUT/run-lora" "$OUT/generate" "$OUT/evaluate"
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -55,4 +56,4 @@ stage "done"
 echo "branch:  $OUT/run/controlnet (diffusers layout)"
 echo "LoRA:    $OUT/run-lora/lora (pytorch_lora_weights.safetensors: diffusers; humanfix_lora.safetensors: A1111, ComfyUI)"
 echo "grids:   $OUT/generate/grids/"
-echo "report:  $PWD/$OUT/evaluate/report.html"
+echo "report:  $OUT/evaluate/report.html"
