@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from humanfix.errors import UserError
+from humanfix.evaluate.sets import open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,6 @@ class FaceSummary:
         }
 
 
-def _open_rgb(path: Path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as e:
-        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-
-
 def load_detector(device: torch.device):
     """MTCNN returning every face (weights from the facenet-pytorch package, no download)."""
     from facenet_pytorch import MTCNN
@@ -83,7 +73,7 @@ def detect_faces(files: Sequence[Path], detector, progress: str | None = None) -
     out = []
     with _progress(progress, len(files)) as advance:
         for f in files:
-            boxes, probs = detector.detect(_open_rgb(f))
+            boxes, probs = detector.detect(open_rgb(f))
             if boxes is None:
                 out.append(ImageFaces(np.zeros((0, 4)), np.zeros(0)))
             else:  # facenet-pytorch hands back object arrays under numpy 2
@@ -124,7 +114,7 @@ def face_crops(files: Sequence[Path], dets: Sequence[ImageFaces], threshold: flo
         boxes = d.faces(threshold)
         if not len(boxes):
             continue
-        im = _open_rgb(f)
+        im = open_rgb(f)
         for box in boxes:
             x0, y0, x1, y1 = square_box(box, margin, im.width, im.height)
             if x1 - x0 >= 2 and y1 - y0 >= 2:
@@ -177,7 +167,7 @@ def clip_score(
         chunk = pairs[s : s + batch_size]
         inputs = processor(
             text=[p for _, p in chunk],
-            images=[_open_rgb(f) for f, _ in chunk],
+            images=[open_rgb(f) for f, _ in chunk],
             return_tensors="pt",
             padding=True,
             truncation=True,

@@ -25,6 +25,7 @@ import torch
 
 from humanfix.data.records import METADATA, NUM_KEYPOINTS, read_records
 from humanfix.errors import UserError
+from humanfix.evaluate.sets import open_rgb
 from humanfix.models.weights import POSE_DETECTOR, POSE_ESTIMATOR
 
 WEIGHTS = ("pretrained", "random")
@@ -107,16 +108,6 @@ def _load(cls: Any, name: str, what: str) -> Any:
         raise UserError(f"cannot load the {what} from {name}: {first}") from None
 
 
-def _open(path: Path):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as e:
-        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-
-
 def detect_poses(
     files: Sequence[Path],
     models: PoseModels,
@@ -131,7 +122,7 @@ def detect_poses(
     with _progress(progress, len(files)) as advance, torch.no_grad():
         for start in range(0, len(files), batch_size):
             chunk = list(files[start : start + batch_size])
-            images = [_open(f) for f in chunk]
+            images = [open_rgb(f) for f in chunk]
             boxes, scores = _detect(images, models, person_threshold)
             keypoints = _estimate(images, boxes, models)
             for f, im, b, s, k in zip(chunk, images, boxes, scores, keypoints, strict=True):

@@ -101,6 +101,17 @@ def real_images(folder: str | Path) -> list[Path]:
     return image_files(folder, "--real")
 
 
+def open_rgb(path: Path) -> Any:
+    """The image at ``path`` as an RGB PIL image; an unreadable file is a one-line :class:`UserError`."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:
+        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
 def read_generated(folder: str | Path) -> GeneratedSet:
     """A ``--generated`` folder: the images its ``index.jsonl`` names, or every image below it."""
     root = Path(folder).expanduser()
