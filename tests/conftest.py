@@ -142,6 +142,28 @@ def write_prepared_split(split_dir: Path, n: int = 3, size: int = 64, seed: int 
 
 
 @pytest.fixture
+def wrap_loss(monkeypatch):
+    """``wrap_loss(change)``: training's ``compute_loss`` calls ``change(n, run, out)`` on its n-th output (from 1),
+    which may alter it (poison it with a NaN, say) or just look at it."""
+    import humanfix.train as train_module
+
+    real = train_module.compute_loss
+
+    def install(change) -> None:
+        calls = []
+
+        def wrapped(run, batch, g):
+            out = real(run, batch, g)
+            calls.append(None)
+            change(len(calls), run, out)
+            return out
+
+        monkeypatch.setattr(train_module, "compute_loss", wrapped)
+
+    return install
+
+
+@pytest.fixture
 def free_port() -> int:
     """A TCP port nobody listens on now, for torchrun's rendezvous (tests may run beside other runs)."""
     import socket

@@ -113,20 +113,12 @@ def test_a_kill_during_save_leaves_the_previous_checkpoint_loadable(
     assert (branch / "diffusion_pytorch_model.safetensors").is_file()
 
 
-def test_nonfinite_losses_are_skipped_then_stop_training(prepared_set, tmp_path, monkeypatch):
-    import humanfix.train as train_module
-
-    real = train_module.compute_loss
-    calls = {"n": 0}
-
-    def poisoned(run, batch, g):
-        out = real(run, batch, g)
-        calls["n"] += 1
-        if calls["n"] == 2 or calls["n"] >= 4:  # one isolated NaN, then NaNs for good
+def test_nonfinite_losses_are_skipped_then_stop_training(prepared_set, tmp_path, wrap_loss):
+    def poison(n, run, out):
+        if n == 2 or n >= 4:  # one isolated NaN, then NaNs for good
             out.total = out.total * float("nan")
-        return out
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    wrap_loss(poison)
     out = tmp_path / "run"
     with pytest.raises(TrainingStopped, match="non-finite 2 times in a row"):
         train(config(prepared_set, out, max_steps=10, max_nonfinite_steps=2, checkpoint_every=1))
@@ -326,22 +318,14 @@ def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp
     assert caches and all(LatentCache(c)[2].abs().sum() > 0 for c in caches)
 
 
-def test_a_nonfinite_gradient_under_a_finite_loss_skips_the_update(prepared_set, tmp_path, monkeypatch):
-    import humanfix.train as train_module
-
-    real = train_module.compute_loss
-    calls = {"n": 0}
-
-    def poisoned(run, batch, g):
-        out = real(run, batch, g)
-        calls["n"] += 1
-        if calls["n"] == 2:  # the loss stays finite (+0), its gradient is 0 × ∞ = NaN in every branch weight
+def test_a_nonfinite_gradient_under_a_finite_loss_skips_the_update(prepared_set, tmp_path, wrap_loss):
+    def poison(n, run, out):
+        if n == 2:  # the loss stays finite (+0), its gradient is 0 × ∞ = NaN in every branch weight
             first = next(p for p in run.controlnet.parameters() if p.requires_grad)
             out.total = out.total + (0 * first.sum()).sqrt()
             assert torch.isfinite(out.total)
-        return out
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    wrap_loss(poison)
     out = tmp_path / "run"
     branch = train(config(prepared_set, out, max_steps=3, checkpoint_every=1, keep_checkpoints=0))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -353,20 +337,15 @@ def test_a_nonfinite_gradient_under_a_finite_loss_skips_the_update(prepared_set,
     assert all(torch.isfinite(v).all() for v in final.values())
 
 
-def test_gradient_accumulation_counts_and_logs_per_update(prepared_set, tmp_path, monkeypatch, caplog):
-    import humanfix.train as train_module
-
-    real = train_module.compute_loss
+def test_gradient_accumulation_counts_and_logs_per_update(prepared_set, tmp_path, wrap_loss, caplog):
     losses = []
 
-    def poisoned(run, batch, g):
-        out = real(run, batch, g)
+    def poison(n, run, out):
         losses.append(out.total.item())
-        if len(losses) in (3, 4):  # both micro-batches of the second update
+        if n in (3, 4):  # both micro-batches of the second update
             out.total = out.total * float("nan")
-        return out
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    wrap_loss(poison)
     out = tmp_path / "run"
     train(config(prepared_set, out, max_steps=3, gradient_accumulation_steps=2, checkpoint_every=1, keep_checkpoints=0))
     assert len(losses) == 6
@@ -383,17 +362,9 @@ def test_gradient_accumulation_counts_and_logs_per_update(prepared_set, tmp_path
     assert all(torch.equal(one[k], two[k]) for k in one)
 
 
-def test_deterministic_mode_is_set_for_the_run_and_restored(prepared_set, tmp_path, monkeypatch):
-    import humanfix.train as train_module
-
+def test_deterministic_mode_is_set_for_the_run_and_restored(prepared_set, tmp_path, wrap_loss):
     seen = {}
-    real = train_module.compute_loss
-
-    def spy(run, batch, g):
-        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
-        return real(run, batch, g)
-
-    monkeypatch.setattr(train_module, "compute_loss", spy)
+    wrap_loss(lambda n, run, out: seen.__setitem__("deterministic", torch.are_deterministic_algorithms_enabled()))
     objective = {"lambda_lpips": 0.5, "lambda_face": 0.5, "timestep_threshold": 1000}
     a = train(config(prepared_set, tmp_path / "a", max_steps=2, checkpoint_every=0, objective=objective))
     assert seen["deterministic"] is False
