@@ -129,23 +129,33 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> None:
     (folder / "humanfix_tiny.json").write_text(json.dumps({"version": TINY_VERSION, "seed": seed, "note": TINY_NOTICE}))
 
 
-def ensure_tiny_model() -> Path:
-    """The tiny model's folder, written on first use (atomically: a temporary folder, then a rename)."""
-    folder = tiny_model_dir()
+def _is_current(folder: Path) -> bool:
     marker = folder / "humanfix_tiny.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION:
+    return marker.is_file() and json.loads(marker.read_text()).get("version") == TINY_VERSION
+
+
+def ensure_tiny_model() -> Path:
+    """The tiny model's folder, written on first use.
+
+    One process builds it while the others wait on a lock file beside it, then find it ready;
+    the build goes to a temporary folder that is renamed into place, so a killed build leaves
+    nothing half-written and no reader ever sees a folder being replaced.
+    """
+    from filelock import FileLock
+
+    folder = tiny_model_dir()
+    if _is_current(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
-    try:
-        build_tiny_pipeline(tmp / "model")
-        if folder.exists():
-            shutil.rmtree(folder)
+    with FileLock(folder.parent / ".tiny.lock"):
+        if _is_current(folder):  # built by the process that held the lock before us
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
         try:
+            build_tiny_pipeline(tmp / "model")
+            if folder.exists():  # an older version
+                shutil.rmtree(folder)
             (tmp / "model").rename(folder)
-        except OSError:  # another process won the race: its folder is as good as ours
-            if not marker.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -1,6 +1,10 @@
 """The built-in tiny model: a real diffusers folder that plain diffusers loads unchanged."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -44,3 +48,26 @@ def test_rebuilt_when_its_version_is_stale(tiny_model):
     marker.write_text(json.dumps({"version": -1}))
     assert ensure_tiny_model() == tiny_model
     assert json.loads(marker.read_text())["version"] == TINY_VERSION
+
+
+def test_two_processes_on_a_fresh_home_build_it_once(tmp_path):
+    """Both find the model ready; the second waits for the first instead of replacing its folder."""
+    builds = tmp_path / "builds.txt"
+    script = (
+        "import humanfix.models.tiny as tiny\n"
+        "build = tiny.build_tiny_pipeline\n"
+        "def counted(folder, seed=0):\n"
+        f"    open({str(builds)!r}, 'a').write('built\\n')\n"
+        "    build(folder, seed)\n"
+        "tiny.build_tiny_pipeline = counted\n"
+        "print(tiny.ensure_tiny_model())\n"
+    )
+    env = {**os.environ, "HUMANFIX_HOME": str(tmp_path / "home")}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outs = [run.communicate(timeout=300)[0].strip() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert outs == [str(tmp_path / "home" / "models" / "tiny")] * 2
+    assert builds.read_text().count("built") == 1
+    assert json.loads((Path(outs[0]) / "humanfix_tiny.json").read_text())["version"] == TINY_VERSION
