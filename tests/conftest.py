@@ -60,6 +60,29 @@ def tiny_model() -> Path:
     return ensure_tiny_model()
 
 
+@pytest.fixture
+def run_offline(tmp_path):
+    """``run(models, code) -> stdout``: lay out ``{repo_id: folder}`` as a Hugging Face cache, then run
+    ``code`` in a fresh Python with the hub offline and only that cache, as a user's cached checkpoints load."""
+    import shutil
+    import subprocess
+    import sys
+
+    def run(models: dict[str, Path], code: str) -> str:
+        commit = "0123456789abcdef0123456789abcdef01234567"
+        for repo_id, folder in models.items():
+            repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+            (repo / "refs").mkdir(parents=True)
+            (repo / "refs" / "main").write_text(commit)
+            shutil.copytree(folder, repo / "snapshots" / commit)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-1500:]
+        return r.stdout
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def ochuman() -> Path:
     """``../shared/data/ochuman-sample``: 3 real photos, COCO RLE masks, keypoints, captions."""

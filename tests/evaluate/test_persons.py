@@ -55,20 +55,9 @@ def test_pretrained_path_loads_checkpoint_folders(tmp_path, ochuman):
     np.testing.assert_allclose(from_folder.keypoints, in_memory.keypoints, rtol=1e-5, atol=1e-3)
 
 
-def test_hub_ids_load_from_the_local_cache_offline(tmp_path):
+def test_hub_ids_load_from_the_local_cache_offline(tmp_path, run_offline):
     """Hub ids resolve through the Hugging Face cache with no network, as the real checkpoints would."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
     det, est = _save_tiny(tmp_path / "saved")
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    for name, folder in (("someone--tiny-rtdetr", det), ("someone--tiny-vitpose", est)):
-        repo = tmp_path / "hub" / f"models--{name}"
-        (repo / "refs").mkdir(parents=True)
-        (repo / "refs" / "main").write_text(commit)
-        shutil.copytree(folder, repo / "snapshots" / commit)
     code = (
         "import torch\n"
         "from humanfix.evaluate.persons import load_pose_models\n"
@@ -77,10 +66,8 @@ def test_hub_ids_load_from_the_local_cache_offline(tmp_path):
         "cached = POSE_DETECTOR.location('someone/tiny-rtdetr')[0]\n"
         "print(type(m.detector).__name__, type(m.estimator).__name__, cached)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-1500:]
-    assert r.stdout.split() == ["RTDetrForObjectDetection", "VitPoseForPoseEstimation", "True"]
+    out = run_offline({"someone/tiny-rtdetr": det, "someone/tiny-vitpose": est}, code)
+    assert out.split() == ["RTDetrForObjectDetection", "VitPoseForPoseEstimation", "True"]
 
 
 def test_missing_and_wrong_checkpoints_are_one_line_errors(tmp_path, monkeypatch):

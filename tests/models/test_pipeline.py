@@ -64,25 +64,13 @@ def test_missing_asset_names_file_and_folder(tmp_path, monkeypatch):
     assert weights.lpips_heads_path().is_file()
 
 
-def test_hub_id_loads_from_the_local_cache_offline(tiny_model, tmp_path):
+def test_hub_id_loads_from_the_local_cache_offline(tiny_model, run_offline):
     """A hub id resolves through the Hugging Face cache with no network (the real SD 1.5 path, with tiny weights)."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    repo = tmp_path / "hub" / "models--someone--tiny-sd"
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(tiny_model, repo / "snapshots" / commit)
     code = (
         "from humanfix.models.pipeline import load_components\n"
         "from humanfix.models.weights import sd15_location\n"
         "c = load_components('someone/tiny-sd')\n"
         "print(type(c.unet).__name__, sd15_location('someone/tiny-sd')[0])\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-1500:]
-    assert r.stdout.split() == ["UNet2DConditionModel", "True"]
+    out = run_offline({"someone/tiny-sd": tiny_model}, code)
+    assert out.split() == ["UNet2DConditionModel", "True"]
