@@ -143,24 +143,19 @@ def wrist_across(p: np.ndarray) -> np.ndarray | None:  # as ../shared/acceptance
     return q
 
 
-def arm_x2(p: np.ndarray) -> np.ndarray | None:
-    s, e, w = K["right_shoulder"], K["right_elbow"], K["right_wrist"]
-    if not (p[s, 2] and p[e, 2]):
-        return None
-    q = p.copy()
-    for i in (e, w):
-        q[i, :2] = q[s, :2] + 2 * (q[i, :2] - q[s, :2])
-    return q
+def stretch_x2(root: str, joint: str, end: str):
+    """A corruption doubling the limb root -> joint -> end away from its root (None where root or joint is missing)."""
 
+    def corrupt(p: np.ndarray) -> np.ndarray | None:
+        r, j, e = K[root], K[joint], K[end]
+        if not (p[r, 2] and p[j, 2]):
+            return None
+        q = p.copy()
+        for i in (j, e):
+            q[i, :2] = q[r, :2] + 2 * (q[i, :2] - q[r, :2])
+        return q
 
-def leg_x2(p: np.ndarray) -> np.ndarray | None:
-    h, kn, a = K["left_hip"], K["left_knee"], K["left_ankle"]
-    if not (p[h, 2] and p[kn, 2]):
-        return None
-    q = p.copy()
-    for i in (kn, a):
-        q[i, :2] = q[h, :2] + 2 * (q[i, :2] - q[h, :2])
-    return q
+    return corrupt
 
 
 def torso_x2(p: np.ndarray) -> np.ndarray | None:
@@ -215,8 +210,8 @@ def shoulders_along_the_spine(p: np.ndarray) -> np.ndarray | None:
 CORRUPTIONS = {
     "forearm x3": forearm_x3,
     "wrist across the body": wrist_across,
-    "arm x2": arm_x2,
-    "leg x2": leg_x2,
+    "arm x2": stretch_x2("right_shoulder", "right_elbow", "right_wrist"),
+    "leg x2": stretch_x2("left_hip", "left_knee", "left_ankle"),
     "torso x2": torso_x2,
     "head turned around": head_turned_around,
     "hips swapped": hips_swapped,
