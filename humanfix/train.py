@@ -539,10 +539,12 @@ def fit(run: Run) -> dict[str, Any]:
     clock = {"tick": time.perf_counter()}
 
     def finish() -> None:
-        """Read the queued update's numbers: count, warn, stop, log."""
+        """Read the queued update's numbers: count, warn, stop, log; advance the LR schedule if it was applied."""
         nonlocal last
         for update in pending:
             last = _log_update(run, state, update, images_per_update, clock, metrics_path)
+            if not last["skipped"]:  # a skipped update holds the schedule (the next one gets the same rate)
+                _advance_scheduler(run)
             progress.update(
                 task, completed=last["step"], info=f"loss {last['loss']:.4f} · {last['images_per_s']:.2f} img/s"
             )
@@ -558,16 +560,18 @@ def fit(run: Run) -> dict[str, Any]:
                 sums = out.sums() if sums is None else sums + out.sums()
                 acc.backward(out.total)
                 if acc.sync_gradients:
+                    # The previous update, done on the device by now (this one's backward is queued behind it):
+                    # read it before this update takes its learning rate, so a skipped one holds the schedule.
+                    finish()
+                    lr = run.optimizer.param_groups[0]["lr"]  # the rate this update uses, logged with it
                     update = _apply_update(run, run.params, sums)
-                run.lr_scheduler.step()
                 run.optimizer.zero_grad(set_to_none=True)
             if not acc.sync_gradients:
                 continue
             sums = None
             step += 1
-            finish()  # the previous update: done on the device by now, or nearly
             pending.append({**update, "step": step, "epoch": (micro - 1) // run.batches_per_epoch,
-                            "lr": run.lr_scheduler.get_last_lr()[0], "queued": time.perf_counter()})  # fmt: skip
+                            "lr": lr, "queued": time.perf_counter()})  # fmt: skip
             state["step"] = step
             checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
             validation = cfg.validate_every and step % cfg.validate_every == 0
@@ -589,9 +593,10 @@ def _apply_update(run: Run, params: list[torch.Tensor], sums: torch.Tensor) -> d
     The decision is taken on the device: one reduction gives every process the same statistics (SUM_KEYS,
     then the gradient norm), and fused AdamW skips the step when told ``found_inf`` (no host sync). An
     optimizer without that (8-bit AdamW) asks the host. Under fp16's dynamic loss scaling, an overflowing
-    gradient is the scaler's to skip (it lowers the scale and tries again).
-    Returns the device statistics (with a last entry 1.0 where the update was not applied) and, under the
-    scaler, whether it skipped.
+    gradient is the scaler's to skip (it lowers the scale and tries again): its found_inf comes from the same
+    unscaled gradients whose norm is in the statistics, so the reduced flag says whether it skipped.
+    Returns the device statistics, read later: SUM_KEYS, the gradient norm, 1.0 where the update was not
+    applied, and under the scaler the loss scale this update ran at; ``scaled`` says whether there is one.
     """
     acc, cfg = run.accelerator, run.config
     norm = acc.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # inf: measure only
@@ -599,17 +604,24 @@ def _apply_update(run: Run, params: list[torch.Tensor], sums: torch.Tensor) -> d
     stats = acc.reduce(torch.cat([sums, norm.reshape(1)]), reduction="sum")
     bad = ~(torch.isfinite(stats[0]) & torch.isfinite(stats[-1]))
     inner = run.optimizer.optimizer
-    scaler_skipped = None
+    flags = [bad.double().reshape(1)]
     if acc.scaler is not None:
+        flags.append(acc.scaler._get_scale_async().double().reshape(1))  # before update() changes it; no sync
         run.optimizer.step()
-        scaler_skipped = acc.optimizer_step_was_skipped
     elif inner.defaults.get("fused"):
         inner.found_inf = bad.float()
         run.optimizer.step()
         del inner.found_inf
     elif not bad.item():
         run.optimizer.step()
-    return {"stats": _read_later(torch.cat([stats, bad.double().reshape(1)])), "scaler_skipped": scaler_skipped}
+    return {"stats": _read_later(torch.cat([stats, *flags])), "scaled": acc.scaler is not None}
+
+
+def _advance_scheduler(run: Run) -> None:
+    """One applied update on the LR schedule (set up with a factor of the process count, as diffusers does)."""
+    inner = getattr(run.lr_scheduler, "scheduler", run.lr_scheduler)
+    for _ in range(run.accelerator.num_processes):
+        inner.step()
 
 
 def _read_later(values: torch.Tensor) -> Any:
@@ -636,10 +648,13 @@ def _log_update(
 
     cfg, acc = run.config, run.accelerator
     values = update["stats"]()
+    scale = values.pop() if update["scaled"] else None
     totals, grad_norm, bad = dict(zip(SUM_KEYS, values[:-2], strict=True)), values[-2], values[-1] > 0
     loss_ok = math.isfinite(totals["loss"])
-    nonfinite = not loss_ok or (bad and update["scaler_skipped"] is None)
-    overflow = loss_ok and bool(update["scaler_skipped"])
+    # fp16: a finite loss whose gradient overflows is the scaler's (it skips and halves the scale), unless the
+    # scale is down to 1 or below, where the gradient is non-finite by itself and the stop rule applies.
+    overflow = scale is not None and loss_ok and bad
+    nonfinite = not loss_ok or (bad and (scale is None or scale <= 1.0))
     step = update["step"]
     if nonfinite:
         state["nonfinite_total"] += 1
@@ -663,7 +678,7 @@ def _log_update(
         "loss_face": totals["face"] / totals["n_face"] if totals["n_face"] else math.nan,
         "gated_fraction": totals["n_gated"] / n,
         "grad_norm": grad_norm / acc.num_processes,
-        "skipped": nonfinite or overflow,
+        "skipped": bad or nonfinite,
         "lr": update["lr"],
         "images_per_s": images / (update["queued"] - clock["tick"]),  # the host runs at most an update ahead
         "peak_memory_gb": peak_memory_gb(acc.device),
