@@ -183,7 +183,13 @@ TWISTS = (
     ("torso twist", "shoulders", ("hips",), MAX_TORSO_TWIST),
     ("head twist", "shoulders", ("ears", "eyes"), MAX_HEAD_TWIST),
 )
-HEAD_CHECKS = ("head off the shoulders", "face too large")
+HEAD_BELOW = "head below the shoulders"
+HEAD_CHECKS = ("head off the shoulders", HEAD_BELOW, "face too large")
+# How far below the shoulders' midpoint, along the spine, a face point can go (statures): the nose with the
+# chin on the chest and the upper back rounded.
+HEAD_DIP = 0.08
+# SD (statures) of a face point's offset from the shoulders' midpoint along the spine, from COCO's noise.
+HEAD_DIP_NOISE = math.hypot(max(COCO_SIGMAS[:5]), COCO_SIGMAS[5] / math.sqrt(2)) * OBJECT_SCALE / math.sqrt(2)
 # The torso's extent (the longer of shoulder width and shoulders-to-hips) may look this much too short.
 TORSO_TOLERANCE = ALLOWANCE + NOISE_Z * SPINE_NOISE
 TORSO_COLLAPSE = "torso collapsed"
@@ -285,6 +291,19 @@ def _judge_one(p: np.ndarray, min_confidence: float) -> Verdict:
         root, extra = (neck, 0.0) if shoulders else (xy[sides[0]], SHOULDER_WIDTH / 2)
         far = max(float(np.hypot(*(xy[i] - root))) for i in face)
         ratios["head off the shoulders"] = far / (HEAD_OFF_TOLERANCE * (HEAD_AND_NECK + extra) * body)
+        hip_side = [i for i in (K["left_hip"], K["right_hip"]) if present[i]]
+        if hip_side:  # how far the face dips below the shoulders along the spine
+            base = pelvis if both_hips else xy[hip_side[0]]
+            extra += 0.0 if both_hips else HIP_WIDTH / 2
+            up = root - base
+            span = float(np.hypot(*up))
+            if span > 0:
+                c = min(1.0, span / (TORSO_SIDE * body))  # the fraction of its length the spine shows
+                dip = -min(float((xy[i] - root) @ up) for i in face) / span
+                # a head dips at most HEAD_DIP below the shoulders along the spine; a spine seen at c of
+                # its length lets a vector of length l show up to sqrt(1 - c²) l more along it
+                allowed = ALLOWANCE * (HEAD_DIP * c + math.sqrt(1 - c * c) * (HEAD_AND_NECK + extra))
+                ratios[HEAD_BELOW] = dip / ((allowed + NOISE_Z * HEAD_DIP_NOISE) * body)
     own = max(plate, second)  # the face is not judged by its own size; the shoulder line must be there
     if own > 0 and shoulders and len(face) >= 2:
         wide = max(dist(i, j) for n, i in enumerate(face) for j in face[n + 1 :])
