@@ -391,6 +391,9 @@ def row(rng: np.random.Generator, category: str, n: int) -> dict[str, tuple[floa
     for name, kps in corrupted.items():
         rate, m = plausible([k for k in kps if k is not None])
         out[name] = (1 - rate, m)
+    shoulders = [k for k in corrupted["hips swapped caught"] if k is not None and k[[5, 6], 2].all()]
+    rate, m = plausible(shoulders)
+    out["hips swapped caught, both shoulders seen"] = (1 - rate, m)
     out["random points plausible"] = plausible([random_in_box(rng, w) for w in views])
     return out
 

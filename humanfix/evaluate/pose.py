@@ -80,11 +80,11 @@ NOSE_TO_EAR = 0.082
 # proportions, perspective, and keypoint placement noise, added as worst cases (:func:`tolerance`).
 # How far a 2D length may exceed fraction × scale: ALLOWANCE (individual proportions, 5% SD per segment
 # on both the part and the scale, and perspective) plus NOISE_Z SDs of the keypoint noise along it.
-ALLOWANCE = 1.2
+ALLOWANCE = 1.15
 NOISE_Z = 2.0  # keypoint noise allowed, in standard deviations
 # The scale for the length checks discounts each part's estimate by (1 + DISCOUNT_Z × its noise SD): the
 # largest of several noisy estimates is biased up, and a noisy part (the ears) must not set it alone.
-DISCOUNT_Z = 1.0
+DISCOUNT_Z = 0.5
 OBJECT_SCALE = 0.5  # sqrt(segmented area) / stature, the scale COCO's keypoint sigmas are relative to
 # COCO's per-keypoint spread of human annotations, relative to the object scale (cocoapi's OKS sigmas).
 COCO_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087,
