@@ -443,7 +443,7 @@ def thresholds() -> None:
     """Every length check: its fraction of stature, its tolerance, and the largest 2D length it allows."""
     print("| check | fraction of stature | tolerance | allowed: fraction × tolerance × scale |")
     print("|---|---|---|---|")
-    rows = [(s.name, s.fraction, s.tolerance) for s in P.SEGMENTS if getattr(s, "judged", True)]
+    rows = [(s.name, s.fraction, s.tolerance) for s in P.SEGMENTS if s.judged]
     rows += [("head off the shoulders", P.HEAD_AND_NECK, P.HEAD_OFF_TOLERANCE)]
     rows += [("face too large", P.HEAD_HEIGHT, P.FACE_TOLERANCE)]
     for name, fraction, tol in rows:

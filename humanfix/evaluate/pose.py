@@ -4,23 +4,32 @@ The score only flags what no body seen from any viewpoint can show. A photograph
 can shorten any bone to nothing (a forearm pointing at the camera) but never lengthen it, and a body
 may turn, bend and cross its limbs. So the checks are bounds that hold in any view:
 
-- **lengths** (``SEGMENTS``): each bone (and each whole limb) is at most its share of the stature
-  (Drillis & Contini's fractions) times the body's scale, times its ``tolerance`` (individual
-  proportions, perspective and keypoint placement noise, added as worst cases). The scale comes from
-  the *other* parts of the same body: a bone's 2D length shows the stature is at least
-  ``length / fraction``, and each group (left arm, right arm, left leg, right leg, torso) is judged
-  against the largest such bound among the other groups. So a forearm three times too long, a whole
-  arm too long, a torso stretched beyond its limbs, or a wrist dragged to the far side of the body
-  (its forearm becomes far too long) are caught; foreshortening is not.
-- **head** (``HEAD_CHECKS``): a face point farther from the shoulders' midpoint than head + neck, or a
-  face wider than a head is tall.
+- **scale**: each part's 2D length shows the stature is at least ``length / fraction`` (Drillis &
+  Contini's fractions); foreshortening only lowers that, so a body's stature is read from its parts
+  that show the most, but never from one part alone. Three estimates that no single corrupted part
+  can move: the torso's own (the larger of the shoulder line's and the spine's, shoulders' midpoint to
+  hips' midpoint: a right-angled plate, which any view shows at >= 1/√2 of one side), the head's (the
+  ear line and nose to ears: again directions at right angles) and the *second* largest of the four
+  limbs'. Their largest is the body's scale (``body``) for the head and the turns.
+- **lengths** (``SEGMENTS``): each bone (and each whole limb) is at most its fraction of the stature
+  times the scale the *other* groups show (left arm, right arm, left leg, right leg, torso, head: a
+  stretched part cannot vouch for itself), times its ``tolerance`` (``ALLOWANCE`` plus ``NOISE_Z``
+  SDs of COCO's keypoint noise along it). The references are discounted for their own noise
+  (``DISCOUNT_Z``: the largest of several noisy estimates is biased up). So a forearm three times too
+  long, a shin twice too long, a torso stretched beyond its limbs or a wrist dragged to the far side
+  of the body are caught where they show most of their length; foreshortening is not. The shoulder
+  line only sets the scale: seen from high above it is the one part that keeps its length.
+- **head** (``HEAD_CHECKS``): a face point farther from the shoulders' midpoint than head + neck;
+  a face point below the shoulders along the spine by more than a bowed head can dip, allowing for
+  the spine's foreshortening (a head moved below the hips); a face wider than a head is tall (judged
+  against the torso and limbs, not the face's own size).
 - **turns** (``TWISTS``, ``TORSO_SHEAR``): a vector of known 3D length seen at a fraction ``m`` of it
   has a depth component ``±sqrt(1 - |m|²)``, which bounds the 3D angle between two such vectors
-  (:func:`_angle_range`). The shoulder line and the hip line (or the line between the ears, or
-  eyes) must be able to lie within the spine's (the neck's) axial rotation of each other: hips
-  facing the camera under shoulders seen from behind, or a face looking out of a back, are left and
-  right chains crossed in a way no pose produces. The shoulder line must be able to stand within the
-  trunk's side bend of square to the spine.
+  (:func:`_angle_range`). The shoulder line and the hip line (at the torso's own scale, which the hip
+  labels cannot move), or the line between the ears (or eyes), must be able to lie within the spine's
+  (the neck's) axial rotation of each other: hips facing the camera under shoulders seen from behind,
+  or a face looking out of a back, are left and right chains crossed in a way no pose produces. The
+  shoulder line must be able to stand within the trunk's side bend of square to the spine.
 - **collapse** (``TORSO_COLLAPSE``): the torso is a plate (shoulder width × torso length) that any
   view shows at least ``min(width, length) / √2`` of: shoulders and hips on top of each other while
   the limbs show a full-size body are not a body.
@@ -76,10 +85,10 @@ HIP_WIDTH = 0.10
 EYE_WIDTH, EAR_WIDTH = 0.037, 0.085
 # Nose tip to an ear (tragion): ~120 mm deep and half the bitragion breadth (72 mm) across, 140 mm / 1.70 m.
 NOSE_TO_EAR = 0.082
-# How far a 2D length may exceed fraction × scale (docs/evaluate.md, "The tolerance budget"): individual
-# proportions, perspective, and keypoint placement noise, added as worst cases (:func:`tolerance`).
-# How far a 2D length may exceed fraction × scale: ALLOWANCE (individual proportions, 5% SD per segment
-# on both the part and the scale, and perspective) plus NOISE_Z SDs of the keypoint noise along it.
+# How far a 2D length may exceed fraction × scale: ALLOWANCE (individual proportions: two SDs of the ratio
+# of two segments that each vary 5%, Huston 2009; and some perspective) plus NOISE_Z SDs of the keypoint
+# noise along it. The pair (ALLOWANCE, DISCOUNT_Z) was chosen on benchmarks/pose_plausibility.py as the
+# tightest that keeps real bodies >= 0.97 plausible in every view (docs/evaluate.md).
 ALLOWANCE = 1.15
 NOISE_Z = 2.0  # keypoint noise allowed, in standard deviations
 # The scale for the length checks discounts each part's estimate by (1 + DISCOUNT_Z × its noise SD): the
