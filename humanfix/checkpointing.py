@@ -11,10 +11,8 @@ resume loads it, and named. Checkpoints written before checksums existed are che
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import shutil
 import zlib
 from pathlib import Path
 from typing import Any
@@ -122,45 +120,6 @@ def all_finite(params: list[torch.Tensor]) -> bool:
     if not params:
         return True
     return bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all().item())
-
-
-# ---------------------------------------------------------------------------------------------------- disk full
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """ENOSPC (or EDQUOT) as the writers report it: OSError, safetensors' error, torch's stream writer."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(e)
-    return "os error 28" in text or "No space left" in text or "Disk quota exceeded" in text
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def free_bytes(folder: Path) -> int:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
-
-
-def disk_full_error(folder: Path, needed: int, what: str) -> UserError:
-    """The one line for a full disk: the folder, the room needed, the room left, what to do."""
-    need = f"about {human(needed)}" if needed else "more room"
-    return UserError(
-        f"disk full writing {what} in {folder}: it needs {need}, {human(free_bytes(folder))} are free. Free some "
-        "space (or lower --keep-checkpoints) and rerun the same command with --resume latest: nothing written "
-        "before is lost"
-    )
 
 
 def rotatable(existing: list[Path], keep: int) -> list[Path]:

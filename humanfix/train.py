@@ -798,14 +798,8 @@ def save_checkpoint(run: Run, state: dict[str, Any]) -> Path | None:
     anyway are deleted first when that is safe (:func:`humanfix.checkpointing.rotatable`), saying so, and the
     save tried once more; otherwise one line names the folder and the room needed.
     """
-    from humanfix.checkpointing import (
-        all_finite,
-        disk_full_error,
-        folder_bytes,
-        is_disk_full,
-        rotatable,
-        write_checksums,
-    )
+    from humanfix.checkpointing import all_finite, rotatable, write_checksums
+    from humanfix.diskfull import disk_full_error, folder_bytes, is_disk_full
 
     acc, output = run.accelerator, Path(run.config.output)
     root = output / CHECKPOINTS

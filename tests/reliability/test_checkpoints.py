@@ -161,7 +161,7 @@ def test_a_full_disk_with_nothing_safe_to_delete_is_one_line(prepared_set, tmp_p
 
 
 def test_a_full_disk_as_safetensors_reports_it_is_recognised():
-    from humanfix.checkpointing import is_disk_full
+    from humanfix.diskfull import is_disk_full
 
     class SafetensorError(Exception):
         pass
