@@ -994,7 +994,6 @@ def train(config: TrainConfig) -> Path:
     rank0 = os.environ.get("RANK", "0") == "0"
     with (
         hold(config.output, "train") if rank0 else contextlib.nullcontext(),
-        graceful_stop() as stop,
         deterministic_algorithms(config.deterministic),
         tf32(config.allow_tf32),
     ):
@@ -1005,7 +1004,8 @@ def train(config: TrainConfig) -> Path:
             clean_leftovers(Path(config.output))
             save_config(config)
         try:
-            final_state = fit(run, stop)
+            with graceful_stop() as stop:  # only around the loop: Ctrl-C while loading models stops at once
+                final_state = fit(run, stop)
             path = _finish(run, final_state)
         finally:
             acc.end_training()
