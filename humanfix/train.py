@@ -1035,4 +1035,14 @@ def _finish(run: Run, final: dict[str, Any]) -> Path:
             f"every update of this run ({final['steps_run']}) was skipped as non-finite: nothing learnt, "
             f"nothing saved to {saved} (lower --learning-rate, check the data and the loss weights)"
         )
-    return save_adapter(run)
+    try:
+        return save_adapter(run)
+    except Exception as e:
+        from humanfix.diskfull import disk_full_error, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        shutil.rmtree(Path(cfg.output) / f".tmp-{cfg.adapter}", ignore_errors=True)
+        needed = sum(p.numel() * p.element_size() for p in run.params) * (2 if cfg.adapter == "lora" else 1)
+        advice = "the checkpoints are intact: free some space and rerun the same command with --resume latest"
+        raise disk_full_error(Path(cfg.output), needed, f"the trained {cfg.adapter}", advice) from None

@@ -160,6 +160,20 @@ def test_a_full_disk_with_nothing_safe_to_delete_is_one_line(prepared_set, tmp_p
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
+def test_a_full_disk_at_the_final_save_is_one_line(prepared_set, tmp_path, train_config, monkeypatch):
+    import humanfix.train as train_module
+
+    def full(run):
+        (tmp_path / "run" / ".tmp-controlnet").mkdir()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_module, "save_adapter", full)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=rf"disk full writing the trained controlnet in {out}: it needs about"):
+        train(train_config(prepared_set, out, max_steps=2, checkpoint_every=2))
+    assert [p.name for p in checkpoint_dirs(out)] == [STEP2] and not (out / ".tmp-controlnet").exists()
+
+
 def test_a_full_disk_as_safetensors_reports_it_is_recognised():
     from humanfix.diskfull import is_disk_full
 
