@@ -31,7 +31,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +156,15 @@ class ValidationLoss:
         """Measure at ``step``: log the line (file, TensorBoard, log), keep the best adapter; returns the line."""
         run, acc, cfg = self.run, self.run.accelerator, self.run.config
         t0 = time.perf_counter()
-        trainable = run.trainable
+        # The adapter itself, not DDP's wrapper (whose forward would talk to the other processes, which may have
+        # fewer images); accelerate's autocast stays on it.
+        trainable = acc.unwrap_model(run.trainable)
         was_training = trainable.training
         devices = [acc.device] if acc.device.type == "cuda" else []
         trainable.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                mine = self._measure()
+                mine = self._measure(replace(run, trainable=trainable))
         finally:
             trainable.train(was_training)
         if acc.num_processes > 1:
@@ -194,12 +196,12 @@ class ValidationLoss:
 
     # ------------------------------------------------------------------------------------------ measuring
 
-    def _measure(self) -> list[tuple[int, list[str], list[float]]]:
+    def _measure(self, run: Any) -> list[tuple[int, list[str], list[float]]]:
         """This process's images: (image, term names, sums) each; sums as in :meth:`_image_sums`."""
-        acc = self.run.accelerator
+        acc = run.accelerator
         shard = self.indices[acc.process_index :: acc.num_processes]
         on_gpu = acc.device.type == "cuda"
-        workers = self.run.config.workers
+        workers = run.config.workers
         if workers is None:
             workers = min(4, len(shard)) if on_gpu else 0
         loader = torch.utils.data.DataLoader(
@@ -210,19 +212,19 @@ class ValidationLoss:
         )
         found, names = [], None
         for index, item in loader:
-            sums, names = self._image_sums(index, item)
+            sums, names = self._image_sums(run, index, item)
             found.append((index, sums))
         values = torch.stack([s for _, s in found]).tolist() if found else []  # one wait for the device
         return [(index, names, v) for (index, _), v in zip(found, values, strict=True)]
 
-    def _image_sums(self, index: int, item: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+    def _image_sums(self, run: Any, index: int, item: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
         """One image at every grid timestep, as one batch. Returns float64 sums on the device — Σ L_LDM and Σ of
         the per-sample total over ``low`` and over ``high``, then per perceptual term Σ value and Σ has over
         ``low`` — and the terms' names (the objective's ``has_<name>`` entries)."""
         from humanfix.data.dataset import collate
         from humanfix.train import loss_at
 
-        run, grid = self.run, self.grid
+        grid = self.grid
         device = run.accelerator.device
         timesteps = grid.timesteps
         k, n_low = len(timesteps), len(grid.low)
