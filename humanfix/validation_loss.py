@@ -287,23 +287,28 @@ class ValidationLoss:
     # ------------------------------------------------------------------------------------------ the table
 
     def table(self) -> Any:
-        """A rich table of every validation so far; the lowest total marked."""
-        from rich.table import Table
+        """A rich table of every validation so far; the lowest total in bold."""
+        return validation_table(self.path)
 
-        rows = self.rows()
-        table = Table(title=f"validation loss ({self.path})")
-        if not rows:
-            return table
-        keys = [k for k in rows[0] if k.startswith("loss_")] + ["total"]
-        for name in ("step", "epoch", "images", *keys, "seconds"):
-            table.add_column(name, justify="right")
-        totals = [r["total"] if _finite(r["total"]) else math.inf for r in rows]
-        best = totals.index(min(totals))
-        for i, r in enumerate(rows):
-            cells = [str(r["step"]), f"{r['epoch']:.2f}", str(r["images"])]
-            cells += [_cell(r.get(k)) for k in keys] + [f"{r['seconds']:.1f}"]
-            table.add_row(*cells, style="bold green" if i == best else None)
+
+def validation_table(path: Path) -> Any:
+    """A rich table of the lines of a ``validation.jsonl``; the lowest total in bold."""
+    from rich.table import Table
+
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line] if Path(path).is_file() else []
+    table = Table(title=f"validation loss ({path})")
+    if not rows:
         return table
+    keys = [k for k in rows[0] if k.startswith("loss_")] + ["total"]
+    for name in ("step", "epoch", "images", *keys, "seconds"):
+        table.add_column(name, justify="right")
+    totals = [r["total"] if _finite(r["total"]) else math.inf for r in rows]
+    best = totals.index(min(totals))
+    for i, r in enumerate(rows):
+        cells = [str(r["step"]), f"{r['epoch']:.2f}", str(r["images"])]
+        cells += [_cell(r.get(k)) for k in keys] + [f"{r['seconds']:.1f}"]
+        table.add_row(*cells, style="bold green" if i == best else None)
+    return table
 
 
 def best_step(output: Path) -> int | None:
