@@ -156,3 +156,13 @@ def test_two_processes_measure_what_one_does(prepared_set, tmp_path, free_port, 
     for key in TERMS:
         assert rows(two)[0][key] == pytest.approx(rows(one)[0][key], rel=1e-6, abs=1e-9)
     assert rows(two)[0]["images"] == 3 and (two / "best" / "humanfix.json").is_file()
+
+
+def test_a_lora_run_is_measured_and_its_best_kept_in_the_lora_layout(prepared_set, tmp_path):
+    out = tmp_path / "lora"
+    train(config(prepared_set, out, adapter="lora", lora_rank=4, max_steps=1, keep_best=True))
+    assert sorted(rows(out)) == [0, 1]
+    best = out / "best"
+    assert {p.name for p in (out / "lora").iterdir()} == {p.name for p in best.iterdir()}
+    meta = json.loads((best / "humanfix.json").read_text())
+    assert meta["adapter"] == "lora" and meta["validation_step"] in (0, 1)
