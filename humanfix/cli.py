@@ -260,6 +260,18 @@ def train(
     resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
     validate_every: Annotated[int | None, typer.Option(help="Validation images every N updates.")] = None,
     validation_prompt: Annotated[list[str] | None, typer.Option(help="A validation prompt (repeatable).")] = None,
+    validation_split: Annotated[
+        str | None, typer.Option(help="Split for the validation loss (default: val beside --split; none: off).")
+    ] = None,
+    validation_every: Annotated[
+        int | None, typer.Option(help="Validation loss every N updates (default: each epoch and the end).")
+    ] = None,
+    validation_images: Annotated[
+        int | None, typer.Option(help="Validation loss on M images, a subset fixed by --seed (default: all).")
+    ] = None,
+    keep_best: Annotated[
+        bool, typer.Option("--keep-best", help="Keep the adapter with the lowest validation total in OUTPUT/best/.")
+    ] = False,
     log_with: Annotated[str | None, typer.Option(help="tensorboard, to log there too.")] = None,
     max_nonfinite_steps: Annotated[int | None, typer.Option(help="Stop after N non-finite losses in a row.")] = None,
     workers: Annotated[
@@ -301,7 +313,8 @@ def train(
         proportion_empty_prompts=proportion_empty_prompts, seed=seed, output=output,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume,
         validate_every=validate_every, validation_prompts=tuple(validation_prompt) if validation_prompt else None,
-        log_with=log_with,
+        validation_split=validation_split, validation_every=validation_every,
+        validation_images=validation_images, keep_best=keep_best or None, log_with=log_with,
         max_nonfinite_steps=max_nonfinite_steps, workers=workers, deterministic=deterministic or None,
         cache_latents=cache_latents or None, compile=compile or None, allow_tf32=allow_tf32,
     )  # fmt: skip

@@ -51,6 +51,7 @@ from humanfix.losses.objective import ObjectiveConfig
 from humanfix.models.lora import LORA_TARGETS
 from humanfix.models.pipeline import CONDITIONINGS
 from humanfix.models.weights import SD15_HUB_ID
+from humanfix.validation_loss import ValidationLoss, best_step
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,15 @@ class TrainConfig:
     validate_every: int = 0
     validation_prompts: tuple[str, ...] = ()
     validation_steps: int = 20
+    # The split of --data whose validation loss (every term at fixed noise and timesteps) is measured as training
+    # goes; unset: "val" when --data has it and it is not --split; "none": off (docs/training.md).
+    validation_split: str | None = None
+    # Measure it every N updates (0: at the end of each epoch); always before the first update and at the end.
+    validation_every: int = 0
+    # Measure it on M images of the split, a subset fixed by --seed (0: all).
+    validation_images: int = 0
+    # Keep the adapter with the lowest validation total in OUTPUT/best/ (the final adapter's layout).
+    keep_best: bool = False
     # "tensorboard" to log there too (metrics.jsonl is always written).
     log_with: str | None = None
     # Stop after this many updates in a row whose loss or gradient was non-finite.
@@ -177,6 +187,25 @@ class TrainConfig:
             raise UserError("validate-every needs at least one --validation-prompt")
         if self.objective.perceptual_weights is None:
             self.objective.perceptual_weights = "random" if self.model == "tiny" else "pretrained"
+        self._check_validation_loss()
+
+    def _check_validation_loss(self) -> None:
+        """The validation split resolved ("val" beside --split when there, else "none") and checked."""
+        if self.validation_every < 0 or self.validation_images < 0:
+            raise UserError("validation-every and validation-images must be >= 0")
+
+        def has(name: str) -> bool:
+            return (Path(self.data) / name / "metadata.jsonl").is_file()
+
+        if self.validation_split is None:
+            self.validation_split = "val" if self.split != "val" and has("val") else "none"
+        elif self.validation_split != "none" and not has(self.validation_split):
+            raise UserError(
+                f"--validation-split {self.validation_split}: no prepared split at "
+                f"{Path(self.data) / self.validation_split} (prepare it, or give --validation-split none)"
+            )
+        if self.keep_best and self.validation_split == "none":
+            raise UserError("--keep-best needs a validation split (--validation-split NAME, or a val split in --data)")
 
     def _check_adapter(self) -> None:
         """Each adapter's options only with that adapter; the LoRA's defaults filled in."""
@@ -435,6 +464,21 @@ def compute_loss(run: Run, batch: dict[str, Any], g: StepRandom):
     noise = torch.randn(latents.shape, generator=g.device, device=device, dtype=torch.float32)
     n_t = c.noise_scheduler.config.num_train_timesteps
     host_timesteps = torch.randint(0, n_t, (latents.shape[0],), generator=g.host)
+    return loss_at(run, {**batch, "pixel_values": pixel_values}, latents, noise, host_timesteps, encoder_hidden_states)
+
+
+def loss_at(
+    run: Run,
+    batch: dict[str, Any],
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    host_timesteps: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+):
+    """The step at given latents and noise (N×4×h×w fp32), timesteps (N integers, on the host) and text states:
+    branch, UNet, target, objective. ``compute_loss`` draws them; the validation loss fixes them."""
+    c, device, dtype = run.components, run.accelerator.device, run.weight_dtype
+    pixel_values = batch["pixel_values"].to(device, non_blocking=True)
     timesteps = host_timesteps.to(device, non_blocking=True)
     noisy_fp32 = c.noise_scheduler.add_noise(latents, noise, timesteps)
     noisy_latents = noisy_fp32.to(dtype)
@@ -534,6 +578,9 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
     if acc.is_main_process:
         _truncate_metrics(metrics_path, state["step"])
     acc.wait_for_everyone()
+    val_loss = None if cfg.validation_split == "none" else ValidationLoss(run, state["step"])
+    if val_loss is not None and state["step"] == 0:
+        val_loss(0)  # the starting point
 
     step = state["step"]
     start = {"step": step, "skipped": state["nonfinite_total"]}
@@ -594,8 +641,12 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
             state["step"] = step
             checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
             validation = cfg.validate_every and step % cfg.validate_every == 0
-            if checkpoint or validation or step >= run.total_steps:
+            measure = val_loss is not None and val_loss.due(step)
+            if checkpoint or validation or measure or step >= run.total_steps:
                 finish()
+            if measure:  # before the checkpoint: a run resumed from it has this line already
+                val_loss(step)
+                clock["tick"] = time.perf_counter()  # the next update's images/s leaves the validation out
             if checkpoint:
                 save_checkpoint(run, state)
             if validation:
@@ -606,6 +657,10 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
                 finish()
                 _stop_with_checkpoint(run, state, stop, saved=bool(checkpoint))
     print(f"rank {acc.process_index}/{acc.num_processes} finished at step {step}", file=sys.stderr)
+    if val_loss is not None and acc.is_main_process:
+        from rich.console import Console
+
+        Console().print(val_loss.table())
     return {**state, "last": last, "steps_run": step - start["step"],
             "skipped_run": state["nonfinite_total"] - start["skipped"]}  # fmt: skip
 
@@ -941,11 +996,12 @@ def _inference_scheduler(components: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------- save
 
 
-def save_adapter(run: Run) -> Path:
+def save_adapter(run: Run, folder: Path | None = None, step: int | None = None, **meta_extra: Any) -> Path:
     """The trained adapter, written atomically (a temporary folder, then a rename), with ``humanfix.json``.
 
     ``OUTPUT/controlnet/``: the branch in the diffusers layout (fp32). ``OUTPUT/lora/``: the LoRA as the diffusers
-    file and the kohya single file (:mod:`humanfix.models.lora`).
+    file and the kohya single file (:mod:`humanfix.models.lora`). ``folder``: there instead (``OUTPUT/best/``), the
+    adapter as of update ``step``, ``meta_extra`` added to ``humanfix.json``.
     """
     from humanfix.checkpointing import all_finite
     from humanfix.models.lora import kohya_metadata, save_diffusers_lora, write_kohya_lora
@@ -953,12 +1009,12 @@ def save_adapter(run: Run) -> Path:
 
     acc, cfg = run.accelerator, run.config
     acc.wait_for_everyone()
-    final = Path(cfg.output) / cfg.adapter
+    final = Path(folder) if folder is not None else Path(cfg.output) / cfg.adapter
     if not all_finite(run.params):
         raise TrainingStopped(f"the trained {cfg.adapter} holds non-finite weights: not saved to {final}")
     if not acc.is_main_process:
         return final
-    tmp = Path(cfg.output) / f".tmp-{cfg.adapter}"
+    tmp = final.parent / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     resolution = [run.dataset.width, run.dataset.height]
     meta = dict(
@@ -966,12 +1022,13 @@ def save_adapter(run: Run) -> Path:
         base_model=cfg.model,
         objective=to_toml_dict(cfg.objective),
         perceptual_weights=cfg.objective.perceptual_weights,
-        steps=run.total_steps,
+        steps=run.total_steps if step is None else step,
         resolution=resolution,
+        **meta_extra,
     )
     if cfg.adapter == "lora":
         save_diffusers_lora(acc.unwrap_model(run.trainable, keep_torch_compile=False), tmp)
-        header = kohya_metadata(cfg.lora_rank, cfg.lora_alpha, run.total_steps, resolution, config_toml(cfg))
+        header = kohya_metadata(cfg.lora_rank, cfg.lora_alpha, meta["steps"], resolution, config_toml(cfg))
         write_kohya_lora(tmp, cfg.lora_alpha, header)
         meta.update(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
     else:
@@ -1033,6 +1090,8 @@ def train(config: TrainConfig) -> Path:
             config.adapter,
             path,
         )
+        if config.keep_best and (best := best_step(config.output)) is not None:
+            log.info("the lowest validation total came at step %d: that adapter is in %s", best, config.output / "best")
     return path
 
 

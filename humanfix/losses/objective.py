@@ -245,6 +245,7 @@ class MaskAwareObjective(nn.Module):
             n_gated=sum(gated),
             n_samples=n,
             per_sample={
+                "total": per_sample,
                 "ldm": ldm,
                 "lpips": terms["lpips"],
                 "face": terms["face"],
