@@ -284,6 +284,7 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
             _add_kept(kept, outcome.kept)
         else:
             dropped[outcome.reason] += 1
+            _add_kept(kept, outcome.kept)  # images dropped as no_person_in_crop lost all of their people
         small_faces += outcome.small_faces
     write_records(split_dir, records)
 
@@ -302,8 +303,9 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
             "edges": [round(i / COVERAGE_BINS, 2) for i in range(COVERAGE_BINS + 1)],
             "counts": hist.tolist(),
         },
-        # On the kept images: the counted persons' labelled keypoints (and face boxes, at least half inside)
-        # that land inside the output image, of all of theirs in the original photo.
+        # The counted persons' labelled keypoints (and face boxes, at least half inside) that land inside the
+        # output image, of all of theirs in the original photo: over the kept images and those dropped as
+        # no_person_in_crop (which keep none).
         "kept_in_output": {
             k: {"kept": a, "of": b, "fraction": round(a / b, 4) if b else None} for k, (a, b) in kept.items()
         },
@@ -421,8 +423,10 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
         if out_box is not None:
             kps = np.asarray(a.get("keypoints") or [0] * 51, dtype=np.float64).reshape(17, 3)
             persons.append((_box_xyxy(a), out_box, kps))
-    if not persons:
-        return Outcome(cid, None, NO_PERSON_IN_CROP)
+    if not persons:  # nobody in the output: every keypoint and face of theirs lost (faces: from keypoints)
+        faces = sum(keypoint_face_box(k, _box_xyxy(a)) is not None for k, a in zip(all_kps, job.persons, strict=True))
+        labelled = int(sum((k[:, 2] > 0).sum() for k in all_kps))
+        return Outcome(cid, None, NO_PERSON_IN_CROP, kept={"keypoints": [0, labelled], "faces": [0, faces]})
 
     path = s.images / im["file_name"]
     if not path.is_file():
