@@ -107,14 +107,40 @@ def test_branch_validation_uses_a_conditioning_image_of_the_validation_size(tmp_
     assert Image.open(out / "validation" / "step-00000001" / "00.png").size == (80, 48)
 
 
-def test_compile_on_two_buckets_changes_nothing(bucketed_set, tmp_path, monkeypatch, fresh_accelerate_state):
+def test_compile_on_two_buckets_changes_nothing(tmp_path, monkeypatch, shapes, fresh_accelerate_state):
     """--compile (TorchDynamo's eager backend: the real tracing, no code generation) on two image sizes: the same
-    weights as an uncompiled run; dynamo traces again for the second size (per-bucket graphs)."""
+    weights as an uncompiled run."""
+    data = tmp_path / "data"
+    write_bucketed_split(data / "val", sizes=[(64, 64), (80, 48)])  # one epoch = one batch of each
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="eager", **kw))
-    plain = train(config(bucketed_set, tmp_path / "plain", checkpoint_every=0))
+    plain = train(config(data, tmp_path / "plain", max_steps=2, checkpoint_every=0))
     fresh_accelerate_state()
-    fast = train(config(bucketed_set, tmp_path / "fast", checkpoint_every=0, compile=True))
+    fast = train(config(data, tmp_path / "fast", max_steps=2, checkpoint_every=0, compile=True))
+    assert sorted(shapes[2:]) == [(48, 80), (64, 64)]
     a = load_file(plain / "diffusion_pytorch_model.safetensors")
     b = load_file(fast / "diffusion_pytorch_model.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+def test_cached_latents_of_two_buckets_give_the_uncached_loss(bucketed_set, tmp_path, fresh_accelerate_state):
+    """--cache-latents on a set of two sizes: each batch's cached posterior has its size, and the same draw."""
+    from humanfix.train import batches, compute_loss, setup, step_generator
+
+    losses = {}
+    for cache in (False, True):
+        run = setup(config(bucketed_set, tmp_path / f"probe-{cache}", cache_latents=cache))
+        losses[cache] = []
+        for k, batch in zip(range(3), batches(run), strict=False):  # one epoch: both sizes
+            if cache:
+                h, w = batch["pixel_values"].shape[-2:]
+                assert batch["latent_params"].shape[-2:] == (h // 8, w // 8)
+            with torch.no_grad():
+                out = compute_loss(run, batch, step_generator(run.config, k, k, 0, run.accelerator.device))
+            losses[cache].append((tuple(batch["pixel_values"].shape[-2:]), out.total, out.lpips))
+        fresh_accelerate_state()
+    assert {size for size, _, _ in losses[True]} == {(64, 64), (48, 80)}
+    for (size_a, total_a, lpips_a), (size_b, total_b, lpips_b) in zip(losses[False], losses[True], strict=True):
+        assert size_a == size_b
+        torch.testing.assert_close(total_b, total_a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(lpips_b, lpips_a, rtol=1e-5, atol=1e-6)
