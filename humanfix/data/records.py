@@ -3,7 +3,7 @@
 A prepared split folder looks like::
 
     OUT/{split}/metadata.jsonl          one Record per line, sorted by coco_id
-    OUT/{split}/images/<coco_id>.jpg    RGB, width × height (= resolution²)
+    OUT/{split}/images/<coco_id>.jpg    RGB, width × height (resolution², or its bucket with --buckets)
     OUT/{split}/masks/<coco_id>.png     union person mask, mode L, 0 or 255, same size as the image
     OUT/{split}/crops/faces/<coco_id>_<k>.png    face box k, squared, 160×160 (optional)
     OUT/{split}/crops/persons/<coco_id>_<k>.png  person box k, as boxed (optional)
