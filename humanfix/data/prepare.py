@@ -268,7 +268,7 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
     settings = WorkerSettings(src.images, split_dir, config.resolution, config.min_face_size,
                               config.save_crops, config.face_detector, config.crop, config.buckets)  # fmt: skip
     records: list[Record] = []
-    kept = {"keypoints": [0, 0], "faces": [0, 0]}  # [inside the output, of the counted persons'], kept images
+    kept = {"keypoints": [0, 0], "faces": [0, 0]}  # [inside the output, of the counted persons'] (kept_in_output)
     todo = []
     for job in jobs:
         done = _finished(split_dir, job.image["id"])
@@ -311,7 +311,7 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
         },
         "buckets": dict(
             sorted(Counter(f"{r.width}x{r.height}" for r in records).items(), key=lambda kv: (-kv[1], kv[0]))
-        ),  # fmt: skip
+        ),  # images per output size, the most common first
         "sources": {
             "keypoints": str(src.keypoints),
             "captions": str(src.captions) if src.captions else None,
