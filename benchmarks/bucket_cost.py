@@ -14,6 +14,7 @@ steadier of the two on a shared, loaded machine).
     python benchmarks/bucket_cost.py --perceptual                     # with λ1 = 0.2, λ2 = 0.5 and T = 1000
     python benchmarks/bucket_cost.py --model tiny --bucket 80x48 --square 64   # a smoke test in seconds
     python benchmarks/bucket_cost.py --model tiny --measure-compile  # torch.compile: per-bucket graphs vs dynamic
+    python benchmarks/bucket_cost.py --model tiny --measure-compile --backend eager  # the graph counts alone, fast
 
 ``--measure-compile`` (tiny model, inductor on this machine): the time of the first steps and the number of
 graphs dynamo compiles when the batches alternate between the two sizes, for torch.compile's default (which
@@ -137,7 +138,9 @@ def measure_compile(args: argparse.Namespace) -> dict:
     from torch._dynamo.utils import counters
 
     results = {}
+    backend = {"backend": args.backend}
     for label, kw in (("default (automatic dynamic)", {}), ("dynamic=False (per bucket)", {"dynamic": False})):
+        kw = {**kw, **backend}
         torch._dynamo.reset()
         counters.clear()
         with tempfile.TemporaryDirectory() as tmp:
@@ -164,6 +167,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--perceptual", action="store_true")
     ap.add_argument("--measure-compile", action="store_true")
+    ap.add_argument(
+        "--backend", default="inductor", help="torch.compile backend for --measure-compile (eager: tracing only)"
+    )
     args = ap.parse_args()
     result = measure_compile(args) if args.measure_compile else step_cost(args)
     print(json.dumps(result))
