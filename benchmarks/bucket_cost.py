@@ -17,7 +17,8 @@ steadier of the two on a shared, loaded machine).
     python benchmarks/bucket_cost.py --model tiny --measure-compile --backend eager  # the graph counts alone, fast
 
 ``--measure-compile`` (tiny model, inductor on this machine): the time of the first steps and the number of
-graphs dynamo compiles when the batches alternate between the two sizes, for torch.compile's default (which
+graphs dynamo compiles when the batches cycle through three sizes (the square, the bucket and its portrait
+twin), for torch.compile's default (which
 recompiles once, with dynamic shapes, when a second size comes) and for ``dynamic=False`` (one static graph per
 bucket).
 """
@@ -71,14 +72,15 @@ def write_set(folder: Path, sizes: list[tuple[int, int]]) -> Path:
     return folder
 
 
-def build(args: argparse.Namespace, tmp: Path, compile_kw: dict | None = None):
+def build(args: argparse.Namespace, tmp: Path, compile_kw: dict | None = None, portrait: bool = False):
     from humanfix.config import build_config
     from humanfix.train import TrainConfig, setup
 
     lambdas = (0.2, 0.5) if args.perceptual else (0.0, 0.0)
     objective = {"lambda_lpips": lambdas[0], "lambda_face": lambdas[1], "timestep_threshold": 1000,
                  "perceptual_weights": "random"}  # fmt: skip
-    data = write_set(tmp / "data", [(args.square, args.square), args.bucket])
+    sizes = [(args.square, args.square), args.bucket] + ([args.bucket[::-1]] if portrait else [])
+    data = write_set(tmp / "data", sizes)
     cfg = build_config(TrainConfig, None, model=args.model, data=data, split="val", output=tmp / "out",
                        batch_size=args.batch_size, gradient_checkpointing=args.model == "sd15",
                        objective=objective)  # fmt: skip
@@ -144,7 +146,7 @@ def measure_compile(args: argparse.Namespace) -> dict:
         torch._dynamo.reset()
         counters.clear()
         with tempfile.TemporaryDirectory() as tmp:
-            run, cfg = build(args, Path(tmp), kw)
+            run, cfg = build(args, Path(tmp), kw, portrait=True)  # three sizes: the square, the bucket, its twin
             named = batches(run, args.batch_size)
             (times,) = time_alternating(run, cfg, named, 0, args.steps)
         results[label] = {
