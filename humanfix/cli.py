@@ -85,7 +85,13 @@ def prepare_data(
     max_persons: Annotated[int | None, typer.Option(help="Most counted persons per image (default 5).")] = None,
     skip_crowd: Annotated[bool | None, typer.Option(help="Drop images with crowd annotations (default yes).")] = None,
     min_face_size: Annotated[int | None, typer.Option(help="Least face box side in output px (default 32).")] = None,
-    resolution: Annotated[int | None, typer.Option(help="Output side: short side resize + centre crop (512).")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Output side: short side resize + crop (512).")] = None,
+    crop: Annotated[
+        str | None, typer.Option(help="people (default: the window keeping most keypoints) or center.")
+    ] = None,
+    buckets: Annotated[
+        bool | None, typer.Option("--buckets", help="Keep the aspect ratio: nearest bucket, area ~resolution².")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPU count, at most 8).")] = None,
     limit: Annotated[int | None, typer.Option(help="Process at most N kept images (first by id).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default humanfix-data).")] = None,
@@ -107,7 +113,7 @@ def prepare_data(
         split=split, min_coverage=min_coverage, min_person_area=min_person_area, max_persons=max_persons,
         skip_crowd=skip_crowd, min_face_size=min_face_size, resolution=resolution, workers=workers, limit=limit,
         out=out, overwrite=overwrite or None, default_caption=default_caption, save_crops=save_crops,
-        face_detector=face_detector,
+        face_detector=face_detector, crop=crop, buckets=buckets,
     )  # fmt: skip
     summary = prepare(cfg)
     table = Table(title=f"prepare-data -> {cfg.out}")

@@ -277,7 +277,8 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
-    from humanfix.data.dataset import EpochSampler, PreparedDataset
+    from humanfix.data.dataset import PreparedDataset
+    from humanfix.data.sampler import BucketBatchSampler
     from humanfix.losses.objective import MaskAwareObjective
     from humanfix.models.lora import add_lora
     from humanfix.models.pipeline import load_components, make_controlnet
@@ -339,7 +340,8 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         eps=config.adam_epsilon,
         **fused,
     )
-    batches_per_epoch = EpochSampler.batches_per_epoch(len(dataset), config.batch_size, accelerator.num_processes)
+    world = accelerator.num_processes
+    batches_per_epoch = BucketBatchSampler.batches_per_epoch(dataset.sizes, config.batch_size, world)
     updates_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     total_steps = config.max_steps or config.epochs * updates_per_epoch
     # accelerate steps a prepared scheduler once per process per update, hence the factor (as diffusers does).
@@ -524,16 +526,19 @@ def loss_at(
 def batches(run: Run, start: int = 0) -> torch.utils.data.DataLoader:
     """This process's micro-batches from micro-batch ``start`` of the run on, epoch after epoch (one loader, so
     its workers live for the whole run). On a GPU: worker processes, pinned memory and prefetching by default."""
-    from humanfix.data.dataset import EpochSampler, collate
+    from humanfix.data.dataset import collate
+    from humanfix.data.sampler import BucketBatchSampler
 
     acc, cfg = run.accelerator, run.config
     on_gpu = acc.device.type == "cuda"
     workers = loader_workers(cfg.workers, acc.device, acc.num_processes)
-    sampler = EpochSampler(len(run.dataset), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, start)
+    # One bucket (image size) per micro-batch; a square set gets EpochSampler's batches exactly.
+    sampler = BucketBatchSampler(
+        run.dataset.sizes, cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, start
+    )
     return torch.utils.data.DataLoader(
         run.dataset,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
+        batch_sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
         pin_memory=on_gpu,
@@ -958,7 +963,8 @@ def validate(run: Run, step: int) -> list[Path]:
     pipe = build_pipeline(replace(c, unet=acc.unwrap_model(run.unet)), _inference_scheduler(c), branch)
     extra = {}
     if branch is not None:
-        extra["image"] = run.dataset[0]["conditioning"][None].to(acc.device, dtype=run.weight_dtype)
+        cond = run.dataset[run.dataset.validation_index]["conditioning"]  # at the size the images are drawn at
+        extra["image"] = cond[None].to(acc.device, dtype=run.weight_dtype)
     folder = Path(cfg.output) / "validation" / f"step-{step:08d}"
     folder.mkdir(parents=True, exist_ok=True)
     paths, images = [], []

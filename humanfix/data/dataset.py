@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from humanfix.errors import UserError
 class PreparedDataset(torch.utils.data.Dataset):
     """Items of a prepared split, each a dict:
 
-    - ``pixel_values``: 3×H×W float in [-1, 1], the real image at training resolution;
+    - ``pixel_values``: 3×H×W float in [-1, 1], the real image at its prepared size (one size for a square set;
+      a set prepared with ``--buckets`` has several, and :attr:`sizes` gives each item's);
     - ``mask``: 1×H×W float in {0, 1}, the union person mask;
     - ``person_boxes``, ``face_boxes``: K×4 float boxes in pixels (x1, y1 exclusive);
     - ``conditioning``: 3×H×W float in [0, 1] (blank, pose skeleton or mask, by ``conditioning``);
@@ -33,12 +35,14 @@ class PreparedDataset(torch.utils.data.Dataset):
         self.records: list[Record] = read_records(self.root)
         if not self.records:
             raise UserError(f"the prepared split {self.root} is empty: no images passed prepare-data's filters")
-        sizes = {(r.width, r.height) for r in self.records}
-        if len(sizes) != 1:
-            raise UserError(f"{self.root}: images of several sizes {sorted(sizes)}; prepare the set at one resolution")
-        (self.width, self.height) = sizes.pop()
-        if self.width % 8 or self.height % 8:
-            raise UserError(f"{self.root}: image size {self.width}×{self.height} is not a multiple of 8")
+        # Each record's (width, height): its bucket. Batches are drawn one bucket at a time (data/sampler.py).
+        self.sizes: list[tuple[int, int]] = [(r.width, r.height) for r in self.records]
+        counts = Counter(self.sizes)
+        for w, h in sorted(counts):
+            if w % 8 or h % 8:
+                raise UserError(f"{self.root}: image size {w}×{h} is not a multiple of 8")
+        # The most common size (ties: the squarest, then the larger): validation images are drawn at it.
+        (self.width, self.height) = max(counts, key=lambda s: (counts[s], -abs(s[0] - s[1]), s[0] * s[1], s[0]))
         missing = next((p for r in self.records for p in (r.file_name, r.mask_file_name)
                         if not (self.root / p).is_file()), None)  # fmt: skip
         if missing is not None:
@@ -48,6 +52,11 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def validation_index(self) -> int:
+        """The first record of the most common size (whose conditioning image validation uses)."""
+        return self.sizes.index((self.width, self.height))
 
     def image(self, index: int) -> torch.Tensor:
         """Record ``index``'s image: 3×H×W float in [-1, 1]."""

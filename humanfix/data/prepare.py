@@ -1,8 +1,10 @@
 """The prepare-data pipeline: COCO -> a human-centric training set (see docs/data.md).
 
 Per split: read the person annotations and filter them (``coco.select``), attach captions, then for
-each kept image, in parallel worker processes: read and convert it to RGB, resize and centre-crop it,
-its union person mask, person boxes and keypoints (``geometry.ResizeCrop``), find and merge the face
+each kept image, in parallel worker processes: read and convert it to RGB, choose its output size and
+window (``geometry.plan``: a square or, with ``--buckets``, the nearest aspect-ratio bucket; the window
+holding the most of the people, or the centre), resize and crop it, its union person mask, person boxes and
+keypoints (``geometry.ResizeCrop``), find and merge the face
 boxes (``faces``), write image, mask and crops, and last a per-image record under ``.records/``.
 ``metadata.jsonl`` is written at the end from those per-image records, sorted by coco_id.
 
@@ -32,7 +34,7 @@ import numpy as np
 from humanfix.config import to_toml_dict
 from humanfix.data import coco
 from humanfix.data.faces import detect_faces, keypoint_face_box, merge_faces
-from humanfix.data.geometry import ResizeCrop
+from humanfix.data.geometry import BUCKET_STEP, CROPS, bucket_sizes, nearest_bucket, plan
 from humanfix.data.records import FACE_SOURCES, Record, write_atomic, write_records
 from humanfix.errors import UserError
 
@@ -47,7 +49,7 @@ COVERAGE_BINS = 10
 
 # Reasons an image is dropped after the annotation filter (the filter's own are in coco.py).
 NO_CAPTION = "no_caption"  # the captions file has no caption for it and there is no --default-caption
-NO_PERSON_IN_CROP = "no_person_in_crop"  # every person lies mostly outside the centre crop
+NO_PERSON_IN_CROP = "no_person_in_crop"  # every person lies mostly outside the output's window
 MISSING_IMAGE = "missing_image"  # the image file is not on disk
 UNREADABLE_IMAGE = "unreadable_image"  # truncated, corrupt or not an image
 SIZE_MISMATCH = "size_mismatch"  # the file's size differs from the annotation's width/height
@@ -83,8 +85,15 @@ class PrepareConfig:
     # Faces whose box is smaller than this many output pixels on its short side get no face box.
     # 32: 4 latent pixels at VAE factor 8, the least a face crop can say anything about a face with.
     min_face_size: int = 32
-    # Output side: short side resized to this, then centre crop to resolution × resolution.
+    # Output side: short side resized to this, then a resolution × resolution window cut (see --crop); with
+    # --buckets the output's area is about resolution² instead.
     resolution: int = 512
+    # Which square window (or, with --buckets, which thin strip to lose): "people" (the one holding the most
+    # labelled keypoints of the counted persons, so heads, hands and feet stay in) or "center" (the middle).
+    crop: str = "people"
+    # Keep each image at its aspect ratio: the nearest of the buckets of geometry.bucket_sizes (multiples of 64,
+    # area about resolution², aspect at most 2:1), losing at most a thin strip. Needs a multiple of 64.
+    buckets: bool = False
     # Worker processes for the per-image work (1 = in this process).
     workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
     # Process at most this many kept images (the first by coco_id); None = all.
@@ -110,6 +119,11 @@ class PrepareConfig:
             (self.max_persons >= 1, "--max-persons must be at least 1"),
             (self.min_face_size >= 0, "--min-face-size must be at least 0"),
             (16 <= self.resolution <= 4096, "--resolution must lie in [16, 4096]"),
+            (self.crop in CROPS, f"--crop must be people or center, not {self.crop!r}"),
+            (
+                not self.buckets or self.resolution % BUCKET_STEP == 0,
+                f"--buckets needs --resolution a multiple of {BUCKET_STEP} (got {self.resolution})",
+            ),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.limit is None or self.limit >= 1, "--limit must be at least 1"),
             (self.face_detector in ("mtcnn", "none"), "--face-detector must be mtcnn or none"),
@@ -122,7 +136,7 @@ class PrepareConfig:
     def output_settings(self) -> dict[str, Any]:
         """The settings the output depends on: a resumed run must use the same ones."""
         keys = ("min_coverage", "min_person_area", "max_persons", "skip_crowd", "min_face_size", "resolution",
-                "default_caption", "save_crops", "face_detector")  # fmt: skip
+                "default_caption", "save_crops", "face_detector", "crop", "buckets")  # fmt: skip
         return {k: getattr(self, k) for k in keys}
 
 
@@ -189,6 +203,14 @@ class WorkerSettings:
     min_face_size: int
     save_crops: bool
     face_detector: str
+    crop: str = "people"
+    buckets: bool = False
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The output size of a ``width × height`` source: the square, or the nearest bucket."""
+        if not self.buckets:
+            return (self.resolution, self.resolution)
+        return nearest_bucket(width, height, bucket_sizes(self.resolution))
 
 
 @dataclass
@@ -197,6 +219,7 @@ class Outcome:
     record: Record | None
     reason: str | None = None  # why it was dropped, when record is None
     small_faces: int = 0  # faces found but below --min-face-size or outside the crop
+    kept: dict[str, list[int]] = field(default_factory=dict)  # "keypoints"/"faces": [in the output, of counted]
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
@@ -253,13 +276,15 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
         not_processed, jobs = len(jobs) - config.limit, jobs[: config.limit]
 
     settings = WorkerSettings(src.images, split_dir, config.resolution, config.min_face_size,
-                              config.save_crops, config.face_detector)  # fmt: skip
+                              config.save_crops, config.face_detector, config.crop, config.buckets)  # fmt: skip
     records: list[Record] = []
+    kept = {"keypoints": [0, 0], "faces": [0, 0]}  # [inside the output, of the counted persons'] (kept_in_output)
     todo = []
     for job in jobs:
-        rec = _finished(split_dir, job.image["id"])
-        if rec is not None:
-            records.append(rec)
+        done = _finished(split_dir, job.image["id"])
+        if done is not None:
+            records.append(done[0])
+            _add_kept(kept, done[1])
         else:
             todo.append(job)
     small_faces, done = 0, 0
@@ -270,6 +295,7 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
                 records.append(outcome.record)
             else:
                 dropped[outcome.reason] += 1
+            _add_kept(kept, outcome.kept)  # images dropped as no_person_in_crop lost all of their people
             small_faces += outcome.small_faces
         write_records(split_dir, records)
     except Exception as e:
@@ -291,6 +317,15 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
             "edges": [round(i / COVERAGE_BINS, 2) for i in range(COVERAGE_BINS + 1)],
             "counts": hist.tolist(),
         },
+        # The counted persons' labelled keypoints (and face boxes, at least half inside) that land inside the
+        # output image, of all of theirs in the original photo: over the kept images and those dropped as
+        # no_person_in_crop (which keep none).
+        "kept_in_output": {
+            k: {"kept": a, "of": b, "fraction": round(a / b, 4) if b else None} for k, (a, b) in kept.items()
+        },
+        "buckets": dict(
+            sorted(Counter(f"{r.width}x{r.height}" for r in records).items(), key=lambda kv: (-kv[1], kv[0]))
+        ),  # images per output size, the most common first
         "sources": {
             "keypoints": str(src.keypoints),
             "captions": str(src.captions) if src.captions else None,
@@ -332,18 +367,25 @@ def _claim(split_dir: Path, config: PrepareConfig) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _finished(split_dir: Path, coco_id: int) -> Record | None:
-    """The record of an image a previous run finished (its files all exist), or None."""
+def _finished(split_dir: Path, coco_id: int) -> tuple[Record, dict[str, list[int]]] | None:
+    """The record of an image a previous run finished (its files all exist) and its kept counts, or None."""
     path = split_dir / STATE_DIR / f"{coco_id}.json"
     if not path.is_file():
         return None
     try:
-        rec = Record.from_json(path.read_text(encoding="utf-8"))
-    except (ValueError, TypeError):
+        text = path.read_text(encoding="utf-8")
+        rec, kept = Record.from_json(text), json.loads(text)["kept"]
+    except (ValueError, TypeError, KeyError):
         return None
     if rec.coco_id != coco_id or not all((split_dir / p).is_file() for p in rec.paths()):
         return None
-    return rec
+    return rec, kept
+
+
+def _add_kept(total: dict[str, list[int]], kept: dict[str, list[int]]) -> None:
+    for k, (a, b) in kept.items():
+        total[k][0] += a
+        total[k][1] += b
 
 
 def _run(jobs: list[Job], settings: WorkerSettings, workers: int, title: str):
@@ -396,7 +438,8 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
 
     im = job.image
     cid, w, h = int(im["id"]), int(im["width"]), int(im["height"])
-    t = ResizeCrop.for_image(w, h, s.resolution)
+    all_kps = [np.asarray(a.get("keypoints") or [0] * 51, dtype=np.float64).reshape(17, 3) for a in job.persons]
+    t = plan(w, h, s.size(w, h), s.crop, all_kps, [_box_xyxy(a) for a in job.persons])
 
     persons = []  # (source box, output box, keypoints 17×3)
     for a in job.persons:
@@ -404,8 +447,10 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
         if out_box is not None:
             kps = np.asarray(a.get("keypoints") or [0] * 51, dtype=np.float64).reshape(17, 3)
             persons.append((_box_xyxy(a), out_box, kps))
-    if not persons:
-        return Outcome(cid, None, NO_PERSON_IN_CROP)
+    if not persons:  # nobody in the output: every keypoint and face of theirs lost (faces: from keypoints)
+        faces = sum(keypoint_face_box(k, _box_xyxy(a)) is not None for k, a in zip(all_kps, job.persons, strict=True))
+        labelled = int(sum((k[:, 2] > 0).sum() for k in all_kps))
+        return Outcome(cid, None, NO_PERSON_IN_CROP, kept={"keypoints": [0, labelled], "faces": [0, faces]})
 
     path = s.images / im["file_name"]
     if not path.is_file():
@@ -433,6 +478,9 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
     if s.face_detector == "mtcnn":
         min_src = 0.7 * s.min_face_size / min(t.sx, t.sy)
         detections = [b for b, _ in detect_faces(rgb, min_size=min_src)]
+    all_src = [_box_xyxy(a) for a in job.persons]
+    all_faces = merge_faces([keypoint_face_box(k, b) for k, b in zip(all_kps, all_src, strict=True)], all_src,
+                            detections)  # fmt: skip
     face_boxes, face_sources, small = [], [], 0
     for face in merge_faces(kp_boxes, person_src, detections):
         fb = t.box(face.box)
@@ -468,11 +516,17 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
     rec = Record(
         file_name=file_name, mask_file_name=mask_name, text=list(job.text),
         person_boxes=[p[1] for p in persons], face_boxes=face_boxes, face_sources=face_sources,
-        keypoints=keypoints, coverage=coverage, coco_id=cid, width=s.resolution, height=s.resolution,
-        face_crop_files=face_files, person_crop_files=person_files,
+        keypoints=keypoints, coverage=coverage, coco_id=cid, width=t.width, height=t.height,
+        face_crop_files=face_files, person_crop_files=person_files, window=t.window,
     )  # fmt: skip
-    write_atomic(s.split_dir / STATE_DIR / f"{cid}.json", (rec.to_json() + "\n").encode())  # last: "done"
-    return Outcome(cid, rec, small_faces=small)
+    kept = {
+        "keypoints": [sum(1 for person in keypoints for x, y, v in person if v > 0 and 0 <= x < t.width
+                          and 0 <= y < t.height), int(sum((k[:, 2] > 0).sum() for k in all_kps))],
+        "faces": [sum(1 for f in all_faces if t.box(f.box) is not None), len(all_faces)],
+    }  # fmt: skip
+    state = {**json.loads(rec.to_json()), "kept": kept}
+    write_atomic(s.split_dir / STATE_DIR / f"{cid}.json", (json.dumps(state) + "\n").encode())  # last: "done"
+    return Outcome(cid, rec, small_faces=small, kept=kept)
 
 
 def _square(box: list[int]) -> tuple[int, int, int, int]:
@@ -501,5 +555,16 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     rows += [(f"faces: {s}", *(str(splits[n]["faces"][s]) for n in names)) for s in FACE_SOURCES]
     rows += [("coverage histogram (0.1 bins)", *(" ".join(map(str, splits[n]["coverage_histogram"]["counts"]))
                                                  for n in names))]  # fmt: skip
+    for key, what in (("keypoints", "keypoints kept in the output"), ("faces", "face boxes kept in the output")):
+        rows += [(what, *(_fraction(splits[n].get("kept_in_output", {}).get(key)) for n in names))]
+    sizes = sorted({b for n in names for b in splits[n].get("buckets", {})},
+                   key=lambda b: (-max(splits[n].get("buckets", {}).get(b, 0) for n in names), b))  # fmt: skip
+    rows += [(f"images {b}", *(str(splits[n].get("buckets", {}).get(b, 0)) for n in names)) for b in sizes]
     rows += [("time (s)", *(str(splits[n]["time_s"]) for n in names))]
     return rows
+
+
+def _fraction(kept: dict[str, Any] | None) -> str:
+    if not kept or not kept["of"]:
+        return "-"
+    return f"{kept['fraction']:.1%} ({kept['kept']}/{kept['of']})"

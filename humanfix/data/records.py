@@ -3,7 +3,7 @@
 A prepared split folder looks like::
 
     OUT/{split}/metadata.jsonl          one Record per line, sorted by coco_id
-    OUT/{split}/images/<coco_id>.jpg    RGB, width × height (= resolution²)
+    OUT/{split}/images/<coco_id>.jpg    RGB, width × height (resolution², or its bucket with --buckets)
     OUT/{split}/masks/<coco_id>.png     union person mask, mode L, 0 or 255, same size as the image
     OUT/{split}/crops/faces/<coco_id>_<k>.png    face box k, squared, 160×160 (optional)
     OUT/{split}/crops/persons/<coco_id>_<k>.png  person box k, as boxed (optional)
@@ -47,6 +47,9 @@ class Record:
     height: int  # output image height in pixels
     face_crop_files: list[str] = field(default_factory=list)  # F paths (empty when crops are off)
     person_crop_files: list[str] = field(default_factory=list)  # P paths (empty when crops are off)
+    # The output's window in the ORIGINAL image's pixels, [x0, y0, x1, y1] floats (x1, y1 exclusive): what
+    # was resized to width × height. None for sets prepared before it was recorded.
+    window: list[float] | None = None
 
     def __post_init__(self) -> None:
         wrong_types = _type_problems(self)
@@ -71,6 +74,9 @@ class Record:
             problems.append("face_crop_files must list one file per face box")
         if self.person_crop_files and len(self.person_crop_files) != len(self.person_boxes):
             problems.append("person_crop_files must list one file per person box")
+        if self.window is not None and not (len(self.window) == 4 and self.window[0] < self.window[2]
+                                            and self.window[1] < self.window[3]):  # fmt: skip
+            problems.append("window must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
         if not 0.0 <= self.coverage <= 1.0:
             problems.append("coverage must lie in [0, 1]")
         for p in self.paths():
@@ -100,6 +106,7 @@ class Record:
                 "height": self.height,
                 "face_crop_files": self.face_crop_files,
                 "person_crop_files": self.person_crop_files,
+                **({"window": self.window} if self.window is not None else {}),
             },
             ensure_ascii=False,
             separators=(", ", ": "),
@@ -121,7 +128,7 @@ class Record:
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"missing keys {missing}")
-        optional = ("face_crop_files", "person_crop_files")
+        optional = ("face_crop_files", "person_crop_files", "window")
         return cls(**{k: d[k] for k in required}, **{k: d[k] for k in optional if k in d})
 
 

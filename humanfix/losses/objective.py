@@ -15,6 +15,7 @@ also push towards detail the VAE round trip loses. docs/objective.md has the for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ class ObjectiveConfig:
     timestep_threshold: int = 100
     # β_l: weights of the five LPIPS-VGG layers (relu1_2 … relu5_3); all 1 is LPIPS itself.
     lpips_layer_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0)
-    # Side of the square each person box is resized to before LPIPS; unset: half the image side,
+    # Side of the square each person box is resized to before LPIPS; unset: half the image side (√(H·W)),
     # clamped to [64, 224] (224 at 512², VGG's native size; no needless upsampling on small images).
     lpips_crop_size: int | None = None
     # InceptionResnetV1 layers for the face term ("embedding" is the normalised output).
@@ -225,7 +226,9 @@ class MaskAwareObjective(nn.Module):
             for name, (owners, boxes) in reads.items():
                 rows = [slot[o] for o in owners]
                 if name == "lpips":
-                    size = cfg.lpips_crop_size or min(224, max(64, min(decoded.shape[-2:]) // 2))
+                    # Half the side of the square of the image's area: one size for every bucket of a set.
+                    side = math.isqrt(decoded.shape[-2] * decoded.shape[-1])
+                    size = cfg.lpips_crop_size or min(224, max(64, side // 2))
                     value = self.lpips.compare(decoded, real, masks.index_select(0, idx), rows, boxes, size)
                 else:
                     value = self.face.compare(decoded, real, rows, boxes)

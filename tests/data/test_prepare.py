@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from humanfix.data import geometry
 from humanfix.data import prepare as prep
 from humanfix.data.prepare import PrepareConfig, prepare
 from humanfix.data.records import read_records
@@ -167,6 +168,8 @@ def test_settings_change_needs_overwrite(make_coco, tmp_path):
         (["--min-coverage", "1.5"], "--min-coverage must lie in"),
         (["--face-detector", "dlib"], "--face-detector must be"),
         (["--resolution", "0"], "--resolution must lie in"),
+        (["--resolution", "500", "--buckets", ""], "--buckets needs --resolution a multiple of 64 (got 500)"),
+        (["--crop", "left"], "--crop must be people or center"),
     ],
 )
 def test_cli_error_paths_exit_2(make_coco, tmp_path, humanfix_cli, args, message):
@@ -175,9 +178,11 @@ def test_cli_error_paths_exit_2(make_coco, tmp_path, humanfix_cli, args, message
     extra = [a.format(tmp=tmp_path) for a in args]
     for k, v in zip(extra[::2], extra[1::2], strict=True):
         base[k] = v
-    code, out, err = humanfix_cli(["prepare-data", *[x for kv in base.items() for x in kv], "--out", tmp_path / "o"])
+    argv = [x for kv in base.items() for x in kv if x != ""]  # "" : a flag without a value
+    code, out, err = humanfix_cli(["prepare-data", *argv, "--out", tmp_path / "o"])
     assert code == 2, (out, err)
     assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one line
 
 
 def test_cli_needs_a_source(humanfix_cli, tmp_path):
@@ -207,3 +212,62 @@ def test_cli_end_to_end_on_ochuman(ochuman, tmp_path, humanfix_cli):
     code, _, err = humanfix_cli(args)
     assert code == 0, err
     assert (split / "metadata.jsonl").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------------- crop, buckets
+
+# A wide photo with its person at the left edge, a tall one with its person at the bottom, a square one.
+SIDES = [(200, 100, [(0, 5, 60, 95)]), (100, 220, [(10, 140, 90, 220)]), (100, 100, [(20, 10, 80, 90)])]
+
+
+def test_the_people_crop_keeps_the_people_the_centre_crop_cuts(make_coco, tmp_path):
+    kp, cp, images = make_coco(SIDES)
+    kept, recs = {}, {}
+    for crop in ("center", "people"):
+        summary = prepare(config(kp, cp, images, tmp_path / crop, crop=crop))
+        kept[crop] = summary["splits"]["val"]["kept_in_output"]
+        recs[crop] = {r.coco_id: r for r in read_records(tmp_path / crop / "val")}
+        assert summary["splits"]["val"]["buckets"] == {"64x64": 3 if crop == "people" else 1}
+    # The wide one: resized 128×64; its person's keypoints (x 25..36 in the source) lie left of the centre
+    # window (x 50..150): the people window is the least move from the centre that holds them all.
+    assert 1 not in recs["center"] and recs["people"][1].window == [25.0, 0.0, 125.0, 100.0]
+    # The tall one: resized 64×141; the centre window (y 60..160) keeps too little of the person (y 140..220).
+    assert 2 not in recs["center"] and recs["people"][2].window == [0.0, 88.94, 100.0, 188.79]
+    assert recs["center"][3].window == recs["people"][3].window == [0.0, 0.0, 100.0, 100.0]
+    assert kept["people"]["keypoints"]["fraction"] == 1.0 and kept["people"]["faces"]["fraction"] == 1.0
+    assert kept["center"]["keypoints"] == {"kept": 4, "of": 12, "fraction": 0.3333}  # 2 of 3 images dropped
+    for r in recs["people"].values():  # every labelled keypoint inside the output
+        assert all(0 <= x < r.width and 0 <= y < r.height for person in r.keypoints for x, y, v in person if v > 0)
+
+
+def test_buckets_keep_the_aspect_and_count_images_per_bucket(make_coco, tmp_path):
+    kp, cp, images = make_coco([(400, 200, [(0, 10, 120, 190)]), (200, 400, [(10, 200, 190, 400)]),
+                                (300, 290, [(20, 10, 280, 280)]), (300, 200, [(50, 0, 250, 60)])])  # fmt: skip
+    summary = prepare(config(kp, cp, images, tmp_path / "b", resolution=192, buckets=True))
+    recs = {r.coco_id: r for r in read_records(tmp_path / "b" / "val")}
+    assert {cid: (r.width, r.height) for cid, r in recs.items()} == {
+        1: (256, 128), 2: (128, 256), 3: (192, 192), 4: (256, 128)
+    }  # fmt: skip
+    assert summary["splits"]["val"]["buckets"] == {"256x128": 2, "128x256": 1, "192x192": 1}
+    for r in recs.values():
+        img = Image.open(tmp_path / "b" / "val" / r.file_name)
+        assert img.size == (r.width, r.height) == Image.open(tmp_path / "b" / "val" / r.mask_file_name).size
+    # 300×200 -> 256×171 resized, 43 rows to lose: the person's keypoints (rows 5..31) at the top keep the window
+    # there (row 5, the least move from the centre's 21 that holds them), not the centre
+    assert recs[4].window == [0.0, 5.85, 300.0, 155.56]
+    assert geometry.plan(300, 200, (256, 128), "center").window == [0.0, 24.56, 300.0, 174.27]
+    assert summary["splits"]["val"]["kept_in_output"]["keypoints"]["fraction"] == 1.0
+
+
+def test_crop_and_buckets_are_part_of_the_resume_contract(make_coco, tmp_path):
+    kp, cp, images = make_coco(SIDES[:1])
+    prepare(config(kp, cp, images, tmp_path / "out", resolution=64))
+    with pytest.raises(UserError, match="other settings \\(crop\\)"):
+        prepare(config(kp, cp, images, tmp_path / "out", resolution=64, crop="center"))
+    with pytest.raises(UserError, match="other settings \\(buckets\\)"):
+        prepare(config(kp, cp, images, tmp_path / "out", resolution=64, buckets=True))
+    prepare(config(kp, cp, images, tmp_path / "out", resolution=64, buckets=True, overwrite=True))
+    # a rerun with the same settings resumes (nothing to do) and reports the same kept fractions
+    first = json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]["val"]
+    again = prepare(config(kp, cp, images, tmp_path / "out", resolution=64, buckets=True))["splits"]["val"]
+    assert again["reused"] == 1 and again["kept_in_output"] == first["kept_in_output"]
