@@ -25,7 +25,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,6 +57,8 @@ SIZE_MISMATCH = "size_mismatch"  # the file's size differs from the annotation's
 class PrepareConfig:
     """Settings of ``humanfix prepare-data``; every field is a command-line flag of the same name."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"out": "output"}  # older TOML keys, read with a deprecation line
+
     # Folder holding annotations/person_keypoints_{split}2017.json, annotations/captions_{split}2017.json
     # and {split}2017/ (the MS COCO 2017 layout). The three flags below override one path each.
     coco_root: Path | None = None
@@ -68,8 +70,8 @@ class PrepareConfig:
     images: Path | None = None
     # "train", "val" or "all" (both; only with --coco-root).
     split: str = "train"
-    # Output folder: OUT/{split}/metadata.jsonl, images/, masks/, crops/ and OUT/summary.json.
-    out: Path = Path("humanfix-data")
+    # Output folder: OUTPUT/{split}/metadata.jsonl, images/, masks/, crops/ and OUTPUT/summary.json.
+    output: Path = Path("humanfix-data")
     # Keep images whose union of non-crowd person masks covers at least this fraction of the original.
     # 0.2: people then fill much of the frame (the point of the set) while group and action shots stay in.
     min_coverage: float = 0.2
@@ -97,6 +99,11 @@ class PrepareConfig:
     save_crops: bool = True
     # "mtcnn" (facenet-pytorch's, on CPU) or "none" (face boxes from keypoints only).
     face_detector: str = "mtcnn"
+
+    @property
+    def out(self) -> Path:
+        """The older name of ``output``."""
+        return self.output
 
     def __post_init__(self) -> None:
         for name in ("coco_root", "keypoints", "captions", "images", "out"):
@@ -202,10 +209,10 @@ class Outcome:
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Run prepare-data for the configured split(s); returns the summary also written to OUT/summary.json."""
     sources = split_sources(config)
-    config.out.mkdir(parents=True, exist_ok=True)
+    config.output.mkdir(parents=True, exist_ok=True)
     filters = coco.Filters(config.min_coverage, config.min_person_area, config.max_persons, config.skip_crowd)
     started = time.perf_counter()
-    summary_path = config.out / "summary.json"
+    summary_path = config.output / "summary.json"
     previous: dict[str, Any] = {}
     if summary_path.is_file():
         try:
@@ -226,7 +233,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
 
 def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filters) -> dict[str, Any]:
     t0 = time.perf_counter()
-    split_dir = config.out / src.split
+    split_dir = config.output / src.split
     _claim(split_dir, config)
     sel = coco.select(coco.load_json(src.keypoints, "person keypoints annotation file"), filters)
     captions = coco.load_captions(src.captions) if src.captions else {}
