@@ -58,7 +58,7 @@ def test_version_and_commands_in_workflow_order(humanfix_cli):
     assert code == 0 and out.strip() == f"humanfix {__version__}"
     _, out, _ = humanfix_cli(["--help"])
     order = ["doctor", "prepare-data", "train", "generate", "evaluate"]
-    positions = [out.index(f" {name} ") for name in order]
+    positions = [out.index(f"│ {name} ") for name in order]  # the commands panel: one per line
     assert positions == sorted(positions), out
 
 
@@ -105,13 +105,16 @@ def test_every_train_option_has_a_flag_and_a_line_in_the_docs():
 
 
 def test_old_names_work_with_one_deprecation_line(humanfix_cli, tmp_path, monkeypatch):
+    import humanfix.config
     import humanfix.evaluate.run as evaluate_run
 
     seen = {}
-    monkeypatch.setattr(evaluate_run, "evaluate", lambda cfg: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(humanfix.config, "build_config", lambda cls, toml, **kw: seen.setdefault("kw", kw))
+    monkeypatch.setattr(evaluate_run, "evaluate", lambda cfg: None)
     code, _, err = humanfix_cli(["evaluate", "--num-workers", "3", "--output", tmp_path / "e"])
     assert code == 0, err
-    assert seen["cfg"].workers == 3 and "--num-workers is deprecated: use --workers" in err
+    assert seen["kw"]["workers"] == 3 and "--num-workers is deprecated: use --workers" in err
+    monkeypatch.undo()
     code, _, err = humanfix_cli(["prepare-data", "--out", tmp_path / "p"])  # no input: fails, after the line
     assert "--out is deprecated: use --output" in err
     toml = tmp_path / "p.toml"

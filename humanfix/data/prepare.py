@@ -106,7 +106,7 @@ class PrepareConfig:
         return self.output
 
     def __post_init__(self) -> None:
-        for name in ("coco_root", "keypoints", "captions", "images", "out"):
+        for name in ("coco_root", "keypoints", "captions", "images", "output"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser())
@@ -300,14 +300,14 @@ def _claim(split_dir: Path, config: PrepareConfig) -> None:
     if split_dir.exists() and any(split_dir.iterdir()):
         if not settings_path.is_file():
             raise UserError(
-                f"{split_dir} exists and was not written by prepare-data: pass --overwrite or another --out"
+                f"{split_dir} exists and was not written by prepare-data: pass --overwrite or another --output"
             )
         old, new = json.loads(settings_path.read_text()), config.output_settings()
         if old != new:
             diff = sorted(k for k in {**old, **new} if old.get(k) != new.get(k))
             raise UserError(
                 f"{split_dir} was prepared with other settings ({', '.join(diff)}): pass --overwrite to redo it, "
-                "or another --out"
+                "or another --output"
             )
     write_atomic(settings_path, (json.dumps(config.output_settings(), sort_keys=True) + "\n").encode())
     for tmp in split_dir.rglob(".*.tmp"):  # left by a crashed run; never read
