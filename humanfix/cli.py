@@ -157,7 +157,13 @@ def generate(
         str | None,
         typer.Option(help='One prompt per line, or JSONL {"prompt", "seed", "negative_prompt", "condition_image"}.'),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Base SD 1.5: hub id, folder, single file, or 'tiny'.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Base SD 1.5: hub id, folder, single file, or 'tiny' (default: the base the adapter was trained on, "
+            "else stable-diffusion-v1-5)."
+        ),
+    ] = None,
     model_config: Annotated[
         str | None, typer.Option(help="Diffusers folder with the configs, when --model is a single file.")
     ] = None,
@@ -439,12 +445,20 @@ def evaluate(
     faces: Annotated[bool, typer.Option("--faces", help="MTCNN face rate/confidence; face-crop FID.")] = False,
     face_threshold: Annotated[float | None, typer.Option(help="MTCNN probability of a face (default 0.9).")] = None,
     clip: Annotated[bool, typer.Option("--clip", help="CLIP score, when CLIP weights are on disk.")] = False,
-    clip_model: Annotated[str | None, typer.Option(help="CLIP hub id (local cache) or folder.")] = None,
+    clip_model: Annotated[
+        str | None, typer.Option(help="CLIP hub id (local cache) or folder (default openai/clip-vit-large-patch14).")
+    ] = None,
     pose: Annotated[
         bool, typer.Option("--pose", help="Persons (RT-DETR), keypoints (ViTPose): person rate, plausible poses.")
     ] = False,
-    pose_detector: Annotated[str | None, typer.Option(help="Person detector: hub id (local cache) or folder.")] = None,
-    pose_estimator: Annotated[str | None, typer.Option(help="ViTPose: hub id (local cache) or folder.")] = None,
+    pose_detector: Annotated[
+        str | None,
+        typer.Option(help="Person detector: hub id (local cache) or folder (default PekingU/rtdetr_r50vd_coco_o365)."),
+    ] = None,
+    pose_estimator: Annotated[
+        str | None,
+        typer.Option(help="ViTPose: hub id (local cache) or folder (default usyd-community/vitpose-base-simple)."),
+    ] = None,
     pose_weights: Annotated[
         str | None, typer.Option(help="pretrained (default) or random (tiny stand-ins, numbers mean nothing).")
     ] = None,

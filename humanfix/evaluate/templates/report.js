@@ -180,6 +180,7 @@
       $("show-skeletons").click();
     }
     showTab(true);
+    if (pose) result.toggle_on_ab = getComputedStyle(document.querySelector("label.toggle")).display;
     if (pairs.length) {
       $("choose-left").click();
       document.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowRight", bubbles: true }));
