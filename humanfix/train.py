@@ -951,7 +951,8 @@ def _write_adapter(run: Run, name: str, ema: bool = False) -> Path:
         write_kohya_lora(tmp, cfg.lora_alpha, header)
         meta.update(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
     else:
-        acc.unwrap_model(run.trainable).to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+        branch = acc.unwrap_model(run.trainable, keep_torch_compile=False)  # compiled by accelerate launch's dynamo
+        branch.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
         meta.update(conditioning=cfg.conditioning)
     cast_safetensors(tmp, cfg.save_dtype)
     write_branch_meta(tmp, **meta)
