@@ -171,7 +171,8 @@ def test_bad_adapter_options_are_user_errors(prepared_set, tmp_path, kw, match):
 def test_cli_train_lora_end_to_end(prepared_set, tmp_path, humanfix_cli):
     toml = tmp_path / "train.toml"
     toml.write_text(
-        'validation_inference_steps = 2\nvalidation_prompts = ["a skier"]\n[objective]\nlambda_lpips = 0.0\nlambda_face = 0.5\n'
+        'validation_inference_steps = 2\nvalidation_prompts = ["a skier"]\n'
+        "[objective]\nlambda_lpips = 0.0\nlambda_face = 0.5\n"
     )
     args = ["train", "--model", "tiny", "--data", prepared_set, "--split", "val", "--batch-size", "2"]
     code, out, err = humanfix_cli(
