@@ -17,6 +17,10 @@ import typer.core
 from humanfix.errors import UserError
 from humanfix.renames import deprecated
 
+# Nothing touches the network unless the user opts in with HF_HUB_OFFLINE=0: set before huggingface_hub is
+# imported (it reads the variable once), this also silences its retries and background requests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 class _WorkflowOrder(typer.core.TyperGroup):
     """``--help`` lists the commands in the order of the workflow, not alphabetically."""

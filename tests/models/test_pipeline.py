@@ -104,18 +104,14 @@ def test_a_hub_id_never_touches_the_network_unless_downloads_are_allowed(tmp_pat
     threading.Thread(target=accept, daemon=True).start()
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}", HF_HUB_CACHE=str(tmp_path / "hub"))
-    code = (
-        "from humanfix.errors import UserError\n"
-        "from humanfix.models.pipeline import load_components\n"
-        "try:\n    load_components('someone/not-cached')\nexcept UserError as e:\n    print(e)\n"
-    )
+    cmd = [sys.executable, "-m", "humanfix.cli", "generate", "a", "--model", "someone/not-cached", "--output", tmp_path]
     start = time.monotonic()
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     finally:
         stop.set()
-    assert r.returncode == 0, r.stderr[-1500:]
-    assert "HF_HUB_OFFLINE=0" in r.stdout and "hf download someone/not-cached" in r.stdout
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "HF_HUB_OFFLINE=0" in r.stderr and "hf download someone/not-cached" in r.stderr
     assert connections == [] and time.monotonic() - start < 60
 
 
