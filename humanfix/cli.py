@@ -12,11 +12,29 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 
 from humanfix.errors import UserError
+from humanfix.renames import deprecated
+
+# Nothing touches the network unless the user opts in with HF_HUB_OFFLINE=0: set before huggingface_hub is
+# imported (it reads the variable once), this also silences its retries and background requests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class _WorkflowOrder(typer.core.TyperGroup):
+    """``--help`` lists the commands in the order of the workflow, not alphabetically."""
+
+    ORDER = ("doctor", "prepare-data", "train", "generate", "evaluate")
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+
 
 app = typer.Typer(
     name="humanfix",
+    cls=_WorkflowOrder,
     help="Teach Stable Diffusion 1.5 to draw people: prepare data, train a ControlNet branch under a "
     "mask-aware perceptual loss, generate, evaluate.",
     no_args_is_help=True,
@@ -37,6 +55,9 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("humanfix").setLevel(logging.INFO)
     for noisy in ("diffusers", "transformers", "accelerate", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from humanfix.logs import quiet_known_noise
+
+    quiet_known_noise()
 
 
 def _stderr_console():
@@ -45,8 +66,21 @@ def _stderr_console():
     return Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from humanfix import __version__
+
+        print(f"humanfix {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False) -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     _setup_logging(verbose)
 
 
@@ -56,19 +90,16 @@ def doctor(
         "stable-diffusion-v1-5/stable-diffusion-v1-5"
     ),
 ) -> None:
-    """Show Python, torch and the device, and for each pretrained asset whether it is present or where it goes."""
-    from rich.console import Console
-    from rich.table import Table
+    """Show Python, torch and the device, and for each pretrained asset whether it is present or where it goes.
 
-    from humanfix.doctor import run_checks
+    Exits with 1 when something training needs is missing (optional assets only say so)."""
+    from humanfix.doctor import report_lines, run_checks
 
-    table = Table(title="humanfix doctor")
-    table.add_column("check")
-    table.add_column("status")
-    table.add_column("where / detail", overflow="fold")
-    for c in run_checks(model):
-        table.add_row(c.name, "[green]ok[/green]" if c.ok else "[red]missing[/red]", c.detail)
-    Console().print(table)
+    checks = run_checks(model)
+    for line in report_lines(checks):
+        print(line)
+    if any(c.needed and not c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 @app.command("prepare-data")
@@ -94,7 +125,8 @@ def prepare_data(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPU count, at most 8).")] = None,
     limit: Annotated[int | None, typer.Option(help="Process at most N kept images (first by id).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default humanfix-data).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output folder (default humanfix-data).")] = None,
+    out: Annotated[Path | None, typer.Option(hidden=True, help="Deprecated: --output.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo the split instead of resuming.")] = False,
     default_caption: Annotated[str | None, typer.Option(help="Caption for images without one.")] = None,
     save_crops: Annotated[bool | None, typer.Option(help="Write face and person crops (default yes).")] = None,
@@ -108,15 +140,18 @@ def prepare_data(
     from humanfix.config import build_config
     from humanfix.data.prepare import PrepareConfig, prepare, summary_rows
 
+    if out is not None:
+        deprecated("--out", "--output")
+        output = output or out
     cfg = build_config(
         PrepareConfig, config, coco_root=coco_root, keypoints=keypoints, captions=captions, images=images,
         split=split, min_coverage=min_coverage, min_person_area=min_person_area, max_persons=max_persons,
         skip_crowd=skip_crowd, min_face_size=min_face_size, resolution=resolution, workers=workers, limit=limit,
-        out=out, overwrite=overwrite or None, default_caption=default_caption, save_crops=save_crops,
+        output=output, overwrite=overwrite or None, default_caption=default_caption, save_crops=save_crops,
         face_detector=face_detector, crop=crop, buckets=buckets,
     )  # fmt: skip
     summary = prepare(cfg)
-    table = Table(title=f"prepare-data -> {cfg.out}")
+    table = Table(title=f"prepare-data -> {cfg.output}")
     table.add_column("")
     for name in summary["splits"]:
         table.add_column(name, justify="right")
@@ -132,7 +167,13 @@ def generate(
         str | None,
         typer.Option(help='One prompt per line, or JSONL {"prompt", "seed", "negative_prompt", "condition_image"}.'),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Base SD 1.5: hub id, folder, single file, or 'tiny'.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Base SD 1.5: hub id, folder, single file, or 'tiny' (default: the base the adapter was trained on, "
+            "else stable-diffusion-v1-5)."
+        ),
+    ] = None,
     model_config: Annotated[
         str | None, typer.Option(help="Diffusers folder with the configs, when --model is a single file.")
     ] = None,
@@ -219,7 +260,10 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 def train(
     data: Annotated[Path | None, typer.Option(help="A prepare-data output folder.")] = None,
     split: Annotated[str | None, typer.Option(help="Split of --data to train on (default train).")] = None,
-    model: Annotated[str | None, typer.Option(help="Base SD 1.5: hub id, folder, single file, or 'tiny'.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base SD 1.5: hub id, folder, single file, or 'tiny' (default stable-diffusion-v1-5)."),
+    ] = None,
     model_config: Annotated[
         Path | None, typer.Option(help="Diffusers config folder for a single-file --model.")
     ] = None,
@@ -229,7 +273,7 @@ def train(
     controlnet: Annotated[
         Path | None, typer.Option(help="Start from this branch (default: a copy of the UNet).")
     ] = None,
-    conditioning: Annotated[str | None, typer.Option(help="none (blank, the paper), pose or mask.")] = None,
+    conditioning: Annotated[str | None, typer.Option(help="none (blank, the paper; default), pose or mask.")] = None,
     lora_rank: Annotated[int | None, typer.Option(help="LoRA rank (default 32).")] = None,
     lora_alpha: Annotated[
         float | None, typer.Option(help="LoRA alpha; output scaled by alpha/rank (default rank).")
@@ -238,34 +282,94 @@ def train(
         str | None,
         typer.Option(help="attn (default: to_q, to_k, to_v, to_out.0) or attn-ff-conv (+ feed-forward, resnet convs)."),
     ] = None,
-    lambda_lpips: Annotated[float | None, typer.Option(help="λ1, weight of masked LPIPS (default 0).")] = None,
-    lambda_face: Annotated[float | None, typer.Option(help="λ2, weight of the face loss (default 0).")] = None,
+    lambda_lpips: Annotated[float | None, typer.Option(help="λ1, weight of masked LPIPS (default 0.2).")] = None,
+    lambda_face: Annotated[float | None, typer.Option(help="λ2, weight of the face loss (default 0.5).")] = None,
     timestep_threshold: Annotated[int | None, typer.Option(help="T: perceptual terms for t < T (default 100).")] = None,
-    lpips_layer_weights: Annotated[str | None, typer.Option(help="5 comma-separated LPIPS layer weights.")] = None,
-    face_layer_weights: Annotated[str | None, typer.Option(help="Comma-separated face layer weights α_l.")] = None,
+    lpips_layer_weights: Annotated[
+        str | None, typer.Option(help="5 comma-separated LPIPS layer weights (default 1,1,1,1,1).")
+    ] = None,
+    lpips_crop_size: Annotated[
+        int | None, typer.Option(help="Side each person crop is resized to for LPIPS (default: image/2 in [64, 224]).")
+    ] = None,
+    face_layers: Annotated[
+        str | None, typer.Option(help="Comma-separated face-net layers (default conv2d_4b,…,embedding).")
+    ] = None,
+    face_layer_weights: Annotated[
+        str | None, typer.Option(help="Comma-separated face layer weights α_l (default all 1).")
+    ] = None,
     perceptual_weights: Annotated[
         str | None, typer.Option(help="pretrained (default) or random (default with --model tiny).")
     ] = None,
+    vgg_weights: Annotated[Path | None, typer.Option(help="VGG16 file for LPIPS (default: torch's cache).")] = None,
+    facenet_weights: Annotated[
+        Path | None, typer.Option(help="InceptionResnetV1 VGGFace2 file (default: facenet's cache).")
+    ] = None,
     decode_region: Annotated[str | None, typer.Option(help="boxes (default) or full: what the VAE decodes.")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Learning rate (default 1e-5).")] = None,
+    decode_margin: Annotated[
+        int | None, typer.Option(help="Latent pixels around the boxes' window (default 2 = 16 px).")
+    ] = None,
+    decoder_checkpointing: Annotated[
+        str | None, typer.Option(help="Recompute the decoder in backward: none (default), top or all.")
+    ] = None,
+    snr_gamma: Annotated[
+        float | None, typer.Option(help="Min-SNR weighting of the LDM term, γ (5 is usual; default off).")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Learning rate (default 1e-5 for a branch, 1e-4 for a LoRA).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Per-device batch size (default 1).")] = None,
-    gradient_accumulation_steps: Annotated[int | None, typer.Option(help="Micro-batches per update.")] = None,
+    gradient_accumulation_steps: Annotated[
+        int | None, typer.Option(help="Micro-batches per update (default 1).")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Updates to run (overrides --epochs).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs to run (default 1).")] = None,
     lr_scheduler: Annotated[str | None, typer.Option(help="constant, linear, cosine, … (default constant).")] = None,
-    lr_warmup_steps: Annotated[int | None, typer.Option(help="Warm-up updates.")] = None,
-    mixed_precision: Annotated[str | None, typer.Option(help="no, fp16 or bf16.")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option(help="Recompute activations to save memory.")] = None,
-    use_8bit_adam: Annotated[bool | None, typer.Option(help="bitsandbytes 8-bit AdamW.")] = None,
+    lr_warmup_steps: Annotated[int | None, typer.Option(help="Warm-up updates (default 0).")] = None,
+    adam_beta1: Annotated[float | None, typer.Option(help="AdamW β1 (default 0.9).")] = None,
+    adam_beta2: Annotated[float | None, typer.Option(help="AdamW β2 (default 0.999).")] = None,
+    adam_weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay (default 1e-2).")] = None,
+    adam_epsilon: Annotated[float | None, typer.Option(help="AdamW ε (default 1e-8).")] = None,
+    mixed_precision: Annotated[
+        str | None,
+        typer.Option(help="no, fp16 or bf16 (default: what accelerate launch / accelerate config says, else no)."),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option(help="Recompute activations to save memory (default off).")
+    ] = None,
+    use_8bit_adam: Annotated[bool | None, typer.Option(help="bitsandbytes 8-bit AdamW (default off).")] = None,
     max_grad_norm: Annotated[float | None, typer.Option(help="Gradient clipping norm (default 1).")] = None,
-    proportion_empty_prompts: Annotated[float | None, typer.Option(help="Fraction of empty captions.")] = None,
+    proportion_empty_prompts: Annotated[
+        float | None, typer.Option(help="Fraction of empty captions (default 0).")
+    ] = None,
+    noise_offset: Annotated[
+        float | None, typer.Option(help="Offset noise: + s·N(0,1) per sample and channel (0.05-0.1 usual; default 0).")
+    ] = None,
+    use_ema: Annotated[
+        bool | None,
+        typer.Option(help="Keep an EMA of the trained weights, saved as OUTPUT/<adapter>-ema (default off)."),
+    ] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="EMA decay (default 0.9999).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for every random draw (default 0).")] = None,
     output: Annotated[Path | None, typer.Option(help="Output folder (default runs/humanfix).")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Checkpoint every N updates (default 500).")] = None,
-    keep_checkpoints: Annotated[int | None, typer.Option(help="Keep the K newest checkpoints (0: all).")] = None,
+    save_dtype: Annotated[str | None, typer.Option(help="Saved adapter's dtype: fp32 (default), fp16 or bf16.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Checkpoint every N updates and at the end (default 500; 0: never).")
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None, typer.Option(help="Keep the K newest checkpoints (default 3; 0: all).")
+    ] = None,
     resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder.")] = None,
-    validate_every: Annotated[int | None, typer.Option(help="Validation images every N updates.")] = None,
     validation_prompt: Annotated[list[str] | None, typer.Option(help="A validation prompt (repeatable).")] = None,
+    validation_image_every: Annotated[
+        int | None,
+        typer.Option(help="Validation images every N updates and at the end (default 100 with prompts; 0: never)."),
+    ] = None,
+    validation_inference_steps: Annotated[
+        int | None, typer.Option(help="Denoising steps per validation image (default 20).")
+    ] = None,
+    validate_every: Annotated[
+        int | None, typer.Option(hidden=True, help="Deprecated: --validation-image-every.")
+    ] = None,
     validation_split: Annotated[
         str | None, typer.Option(help="Split for the validation loss (default: val beside --split; none: off).")
     ] = None,
@@ -278,8 +382,13 @@ def train(
     keep_best: Annotated[
         bool, typer.Option("--keep-best", help="Keep the adapter with the lowest validation total in OUTPUT/best/.")
     ] = False,
-    log_with: Annotated[str | None, typer.Option(help="tensorboard, to log there too.")] = None,
-    max_nonfinite_steps: Annotated[int | None, typer.Option(help="Stop after N non-finite losses in a row.")] = None,
+    log_with: Annotated[str | None, typer.Option(help="tensorboard or wandb, to log there too.")] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help="A progress line every N updates when stdout is no terminal (default 10).")
+    ] = None,
+    max_nonfinite_steps: Annotated[
+        int | None, typer.Option(help="Stop after N non-finite losses in a row (default 5).")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="DataLoader workers (default: 0 on the CPU, up to 8 on a GPU).")
     ] = None,
@@ -287,7 +396,7 @@ def train(
         bool, typer.Option("--cache-latents", help="Encode each image once; draw latents from the cache.")
     ] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet and the branch.")] = False,
-    allow_tf32: Annotated[
+    tf32: Annotated[
         bool | None, typer.Option("--tf32/--no-tf32", help="TF32 for fp32 work on the GPU (default on).")
     ] = None,
     deterministic: Annotated[
@@ -300,29 +409,43 @@ def train(
     from humanfix.train import TrainConfig
     from humanfix.train import train as run_train
 
+    if validate_every is not None:
+        deprecated("--validate-every", "--validation-image-every")
+        validation_image_every = validate_every if validation_image_every is None else validation_image_every
     objective = {
         "lambda_lpips": lambda_lpips,
         "lambda_face": lambda_face,
         "timestep_threshold": timestep_threshold,
         "lpips_layer_weights": _floats(lpips_layer_weights),
+        "lpips_crop_size": lpips_crop_size,
+        "face_layers": tuple(face_layers.split(",")) if face_layers else None,
         "face_layer_weights": _floats(face_layer_weights),
         "perceptual_weights": perceptual_weights,
+        "vgg_weights": vgg_weights,
+        "facenet_weights": facenet_weights,
         "decode_region": decode_region,
+        "decode_margin": decode_margin,
+        "decoder_checkpointing": decoder_checkpointing,
+        "snr_gamma": snr_gamma,
     }
     cfg = build_config(
         TrainConfig, config, data=data, split=split, model=model, model_config=model_config, adapter=adapter,
         controlnet=controlnet, conditioning=conditioning, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_targets=lora_targets, objective=objective, learning_rate=learning_rate, batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, max_steps=max_steps, epochs=epochs,
-        lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, mixed_precision=mixed_precision,
+        lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+        adam_weight_decay=adam_weight_decay, adam_epsilon=adam_epsilon, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam, max_grad_norm=max_grad_norm,
-        proportion_empty_prompts=proportion_empty_prompts, seed=seed, output=output,
+        proportion_empty_prompts=proportion_empty_prompts, noise_offset=noise_offset, use_ema=use_ema,
+        ema_decay=ema_decay, seed=seed, output=output, save_dtype=save_dtype,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, resume=resume,
-        validate_every=validate_every, validation_prompts=tuple(validation_prompt) if validation_prompt else None,
+        validation_image_every=validation_image_every,
+        validation_prompts=tuple(validation_prompt) if validation_prompt else None,
+        validation_inference_steps=validation_inference_steps, log_with=log_with, log_every=log_every,
         validation_split=validation_split, validation_every=validation_every,
-        validation_images=validation_images, keep_best=keep_best or None, log_with=log_with,
+        validation_images=validation_images, keep_best=keep_best or None,
         max_nonfinite_steps=max_nonfinite_steps, workers=workers, deterministic=deterministic or None,
-        cache_latents=cache_latents or None, compile=compile or None, allow_tf32=allow_tf32,
+        cache_latents=cache_latents or None, compile=compile or None, tf32=tf32,
     )  # fmt: skip
     saved = run_train(cfg)
     if os.environ.get("RANK", "0") == "0":
@@ -346,12 +469,20 @@ def evaluate(
     faces: Annotated[bool, typer.Option("--faces", help="MTCNN face rate/confidence; face-crop FID.")] = False,
     face_threshold: Annotated[float | None, typer.Option(help="MTCNN probability of a face (default 0.9).")] = None,
     clip: Annotated[bool, typer.Option("--clip", help="CLIP score, when CLIP weights are on disk.")] = False,
-    clip_model: Annotated[str | None, typer.Option(help="CLIP hub id (local cache) or folder.")] = None,
+    clip_model: Annotated[
+        str | None, typer.Option(help="CLIP hub id (local cache) or folder (default openai/clip-vit-large-patch14).")
+    ] = None,
     pose: Annotated[
         bool, typer.Option("--pose", help="Persons (RT-DETR), keypoints (ViTPose): person rate, plausible poses.")
     ] = False,
-    pose_detector: Annotated[str | None, typer.Option(help="Person detector: hub id (local cache) or folder.")] = None,
-    pose_estimator: Annotated[str | None, typer.Option(help="ViTPose: hub id (local cache) or folder.")] = None,
+    pose_detector: Annotated[
+        str | None,
+        typer.Option(help="Person detector: hub id (local cache) or folder (default PekingU/rtdetr_r50vd_coco_o365)."),
+    ] = None,
+    pose_estimator: Annotated[
+        str | None,
+        typer.Option(help="ViTPose: hub id (local cache) or folder (default usyd-community/vitpose-base-simple)."),
+    ] = None,
     pose_weights: Annotated[
         str | None, typer.Option(help="pretrained (default) or random (tiny stand-ins, numbers mean nothing).")
     ] = None,
@@ -366,7 +497,10 @@ def evaluate(
     ratings: Annotated[list[str] | None, typer.Option(help="A/B choices JSON from report.html; repeatable.")] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda, cuda:1, ...")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per Inception or detector forward (32).")] = None,
-    num_workers: Annotated[int | None, typer.Option(help="Image-loading processes.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Image-loading processes (default: 0 on the CPU, 8 on a GPU).")
+    ] = None,
+    num_workers: Annotated[int | None, typer.Option(hidden=True, help="Deprecated: --workers.")] = None,
     seed: Annotated[int | None, typer.Option(help="Bootstrap, KID subsets, A/B order (default 0).")] = None,
     config: Annotated[str | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
@@ -375,6 +509,9 @@ def evaluate(
     from humanfix.evaluate.run import EvaluateConfig
     from humanfix.evaluate.run import evaluate as run_evaluate
 
+    if num_workers is not None:
+        deprecated("--num-workers", "--workers")
+        workers = num_workers if workers is None else workers
     cfg = build_config(
         EvaluateConfig, config, generated=tuple(generated) if generated else None, real=real, real_stats=real_stats,
         save_stats=save_stats, output=output, fid=fid or None, kid=kid or None, bootstrap=bootstrap, mode=mode,
@@ -383,7 +520,7 @@ def evaluate(
         pose_weights=pose_weights, pose_reference=pose_reference, person_threshold=person_threshold,
         keypoint_threshold=keypoint_threshold, pose_bootstrap=pose_bootstrap, report=report or None,
         report_images=report_images,
-        ratings=tuple(ratings) if ratings else None, device=device, batch_size=batch_size, num_workers=num_workers,
+        ratings=tuple(ratings) if ratings else None, device=device, batch_size=batch_size, workers=workers,
         seed=seed,
     )  # fmt: skip
     run_evaluate(cfg)

@@ -116,12 +116,14 @@ def build_config(cls: type[T], toml_path: str | Path | None = None, **overrides:
     A field that is itself a dataclass reads a TOML table (``[objective]``) and takes a dict of overrides.
     Unknown keys are a :class:`UserError`, so a typo in a config file never passes silently.
     """
-    values = _merge(load_toml(toml_path) if toml_path else {}, overrides)
+    from humanfix.renames import apply_renames, misplaced_hint  # older names, and the [table] hint
+
+    values = _merge(apply_renames(cls, load_toml(toml_path)) if toml_path else {}, apply_renames(cls, overrides))
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise UserError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+        raise UserError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}{misplaced_hint(cls, unknown)}")
     return cls(**{k: _coerce(v, hints[k], k) for k, v in values.items()})
 
 

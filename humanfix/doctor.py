@@ -14,6 +14,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    needed: bool = True  # training with the defaults needs it; False: only some options do (doctor says which)
 
 
 def device_summary() -> str:
@@ -41,14 +42,31 @@ def run_checks(sd_model: str = weights.SD15_HUB_ID) -> list[Check]:
     for asset in weights.FILE_ASSETS:
         path = asset.path()
         ok = path.is_file()
-        checks.append(Check(asset.description, ok, str(path) if ok else f"missing: put {asset.url} at {path}"))
+        detail = str(path) if ok else f"missing: put {asset.url} at {path}"
+        checks.append(Check(asset.description, ok, detail, needed=asset in weights.TRAINING_ASSETS))
     for model in weights.HUB_MODELS:
         present, where = model.location()
         detail = where if present else f"missing: `hf download {model.hub_id}` (belongs in {where})"
-        checks.append(Check(f"{model.description} ({model.hub_id})", present, detail))
+        checks.append(Check(f"{model.description} ({model.hub_id})", present, detail, needed=False))
     heads = weights.lpips_heads_path()
     checks.append(Check("LPIPS linear heads (ship with lpips)", heads.is_file(), str(heads)))
     tiny = tiny_model_dir()
     built = (tiny / "model_index.json").is_file()
     checks.append(Check("built-in tiny model", True, f"{tiny} ({'written' if built else 'written on first use'})"))
     return checks
+
+
+def report_lines(checks: list[Check]) -> list[str]:
+    """``doctor``'s output: a status and a name per line, the detail on the next, never wrapped inside a path.
+
+    Plain lines (no table): a terminal soft-wraps a long path or command whole, and a copy-paste gets it back intact.
+    """
+    lines = []
+    for c in checks:
+        status = "ok" if c.ok else ("MISSING" if c.needed else "absent (optional)")
+        lines.append(f"{status:<18} {c.name}")
+        lines.append(f"{'':<18} {c.detail}")
+    missing = [c.name for c in checks if c.needed and not c.ok]
+    lines.append("")
+    lines.append(f"missing: {', '.join(missing)}" if missing else "everything training needs is here")
+    return lines

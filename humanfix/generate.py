@@ -56,7 +56,9 @@ class GenerateConfig:
 
     prompts: tuple[str, ...] = ()  # prompts given as arguments (drawn before the prompts file's)
     prompts_file: Path | None = None  # one prompt per line, or JSONL {"prompt", "seed", "negative_prompt", ...}
-    model: str = SD15  # base SD 1.5: hub id, diffusers folder, single file, or "tiny"
+    # base SD 1.5: hub id, diffusers folder, single file, or "tiny"; unset: the base recorded in the adapters'
+    # humanfix.json (what they were trained on), else SD 1.5
+    model: str | None = None
     model_config: Path | None = None  # diffusers folder with the configs when --model is a single file
     controlnet: Path | None = None  # trained branch folder; None draws with plain SD
     lora: Path | None = None  # trained LoRA folder (train --adapter lora's OUTPUT/lora); None: no LoRA
@@ -82,6 +84,8 @@ class GenerateConfig:
         self.prompts = tuple(self.prompts)
         if self.compare is not None:
             self.compare = tuple(self.compare)
+        if self.model is None:
+            self.model = _base_of_adapters(self) or SD15
         self.output = Path(self.output)
         for name in ("num_images", "steps", "batch_size", "height", "width"):
             if getattr(self, name) < 1:
@@ -122,6 +126,18 @@ class GenerateResult:
     batches: list[tuple[int, float]] = field(default_factory=list)  # (images, seconds) per call, incl. saving
     grids: list[Path] = field(default_factory=list)
     process: tuple[int, int] = (0, 1)  # (this process's index, number of processes)
+
+
+def _base_of_adapters(config: GenerateConfig) -> str | None:
+    """The base model the run's adapters were trained on, from their humanfix.json (``--model`` unset)."""
+    from humanfix.models.pipeline import recorded_base_model
+
+    folders = [f for f in (config.controlnet, config.lora) if f is not None]
+    folders += [c.split("=", 1)[-1] for c in config.compare or () if c.split("=", 1)[-1] != "base"]
+    base = recorded_base_model(folders)
+    if base is not None:
+        log.info("base model %s (recorded in the adapter's humanfix.json; --model overrides it)", base)
+    return base
 
 
 def _check_conditioning(models: list[ModelSpec], jobs: list[Job], image: Path | None) -> None:

@@ -41,16 +41,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from humanfix.config import to_toml_dict
 from humanfix.errors import UserError
+from humanfix.launcher import launch_settings
 from humanfix.losses.objective import ObjectiveConfig
 from humanfix.models.lora import LORA_TARGETS
 from humanfix.models.pipeline import CONDITIONINGS
+from humanfix.models.save_dtype import SAVE_DTYPES
 from humanfix.models.weights import SD15_HUB_ID
+from humanfix.run_summary import start_lines
 from humanfix.validation_loss import ValidationLoss, best_step
 
 log = logging.getLogger(__name__)
@@ -58,12 +61,24 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 ADAPTERS = ("controlnet", "lora")
+# The learning rate each adapter gets unless --learning-rate says otherwise: diffusers' train_controlnet.py (a
+# branch) and train_text_to_image_lora.py (a LoRA; docs/training.md explains why a LoRA needs ~10x more).
+DEFAULT_LEARNING_RATES = {"controlnet": 1e-5, "lora": 1e-4}
+TRACKERS = ("tensorboard", "wandb")
+DEFAULT_VALIDATION_IMAGE_EVERY = 100  # diffusers' --validation_steps default
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
 @dataclass
 class TrainConfig:
     """Everything ``humanfix train`` needs; the CLI flags and a TOML file (``--config``) set these fields."""
+
+    # Older TOML keys, read with a deprecation line (humanfix/renames.py).
+    RENAMED: ClassVar[dict[str, str]] = {
+        "allow_tf32": "tf32",
+        "validate_every": "validation_image_every",
+        "validation_steps": "validation_inference_steps",
+    }
 
     # -- model
     # A hub id, a local diffusers folder, a single .safetensors/.ckpt file, or "tiny".
@@ -95,7 +110,8 @@ class TrainConfig:
     # -- objective (a [objective] table in TOML)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     # -- optimisation
-    learning_rate: float = 1e-5
+    # Unset: the adapter's default (DEFAULT_LEARNING_RATES: 1e-5 for a branch, 1e-4 for a LoRA).
+    learning_rate: float | None = None
     # Per device; the effective batch is batch_size × processes × gradient_accumulation_steps.
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
@@ -109,32 +125,41 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
-    # "no", "fp16" or "bf16": the frozen models' dtype and autocast; the branch stays fp32.
-    mixed_precision: str = "no"
+    # "no", "fp16" or "bf16": the frozen models' dtype and autocast; the branch stays fp32. Unset: what
+    # `accelerate launch` (or the `accelerate config` file it reads) says, else "no"; the run records what it used.
+    mixed_precision: str | None = None
     # Recompute activations of the UNet and the branch in the backward pass (saves memory).
     gradient_checkpointing: bool = False
     # torch.compile the UNet and the branch (slow first steps; pays off on long GPU runs).
     compile: bool = False
     # TF32 matmuls and convolutions for what runs in fp32 on Ampere and newer GPUs (the branch, x̂0's decode).
-    allow_tf32: bool = True
+    # (TOML key `tf32`; the older `allow_tf32` is read with a deprecation warning.)
+    tf32: bool = True
     # bitsandbytes' 8-bit AdamW (pip install 'humanfix[bnb]').
     use_8bit_adam: bool = False
     max_grad_norm: float = 1.0
     # Fraction of captions replaced by the empty prompt (classifier-free guidance training).
     proportion_empty_prompts: float = 0.0
+    # Offset noise (Guttenberg 2023): noise += noise_offset · N(0, 1) per sample and channel; 0.05-0.1 is usual.
+    noise_offset: float = 0.0
+    # Keep an exponential moving average of the trained weights, saved beside the adapter (humanfix/ema.py).
+    use_ema: bool = False
+    ema_decay: float = 0.9999
     seed: int = 0
     # -- output
     output: Path = Path("runs/humanfix")
-    # Save a checkpoint every N updates (0: never; the final branch is always saved).
+    # Save a checkpoint every N updates and at the end, so a finished run can be extended (0: never).
     checkpoint_every: int = 500
     # Keep the K newest checkpoints (0: keep all).
     keep_checkpoints: int = 3
     # "latest" or a checkpoint folder to continue from.
     resume: str | None = None
-    # Generate validation images every N updates (0: never).
-    validate_every: int = 0
+    # Validation images every N updates and at the end (0: never); unset: 100 when prompts are given.
+    # (TOML key `validation_image_every`; the older `validate_every` is read with a deprecation warning.)
+    validation_image_every: int | None = None
     validation_prompts: tuple[str, ...] = ()
-    validation_steps: int = 20
+    # Denoising steps per validation image (the older TOML key `validation_steps` is read with a warning).
+    validation_inference_steps: int = 20
     # The split of --data whose validation loss (every term at fixed noise and timesteps) is measured as training
     # goes; unset: "val" when --data has it and it is not --split; "none": off (docs/training.md).
     validation_split: str | None = None
@@ -144,8 +169,12 @@ class TrainConfig:
     validation_images: int = 0
     # Keep the adapter with the lowest validation total in OUTPUT/best/ (the final adapter's layout).
     keep_best: bool = False
-    # "tensorboard" to log there too (metrics.jsonl is always written).
+    # "tensorboard" or "wandb" (pip install 'humanfix[wandb]') to log there too (metrics.jsonl is always written).
     log_with: str | None = None
+    # A progress line every N updates when stdout is not a terminal (nohup, SLURM); 0: none.
+    log_every: int = 10
+    # The saved adapter's dtype: fp32, or fp16/bf16 (half the file; what UIs' LoRA files usually are).
+    save_dtype: str = "fp32"
     # Stop after this many updates in a row whose loss or gradient was non-finite.
     max_nonfinite_steps: int = 5
     # Deterministic algorithms (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG): a resumed run
@@ -158,6 +187,8 @@ class TrainConfig:
         if self.conditioning not in CONDITIONINGS:
             raise UserError(f"conditioning must be one of {CONDITIONINGS} (got {self.conditioning!r})")
         self._check_adapter()
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATES[self.adapter]
         positive = {
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
@@ -172,19 +203,28 @@ class TrainConfig:
             raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise UserError(f"max-steps must be > 0 (got {self.max_steps})")
-        for name in ("checkpoint_every", "keep_checkpoints", "validate_every", "lr_warmup_steps", "workers"):
+        if self.validation_image_every is None:
+            self.validation_image_every = DEFAULT_VALIDATION_IMAGE_EVERY if self.validation_prompts else 0
+        names = ("checkpoint_every", "keep_checkpoints", "validation_image_every", "lr_warmup_steps", "workers")
+        for name in (*names, "log_every"):
             if (getattr(self, name) or 0) < 0:
                 raise UserError(f"{name.replace('_', '-')} must be >= 0")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise UserError(f"mixed-precision must be no, fp16 or bf16 (got {self.mixed_precision!r})")
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise UserError(f"lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}")
         if not 0.0 <= self.proportion_empty_prompts <= 1.0:
             raise UserError("proportion-empty-prompts must lie in [0, 1]")
-        if self.log_with not in (None, "tensorboard"):
-            raise UserError(f"log-with supports 'tensorboard' (got {self.log_with!r})")
-        if self.validate_every and not self.validation_prompts:
-            raise UserError("validate-every needs at least one --validation-prompt")
+        if self.log_with not in (None, *TRACKERS):
+            raise UserError(f"log-with supports {' or '.join(TRACKERS)} (got {self.log_with!r})")
+        if self.validation_image_every and not self.validation_prompts:
+            raise UserError("validation-image-every needs at least one --validation-prompt")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise UserError(f"save-dtype must be one of {', '.join(SAVE_DTYPES)} (got {self.save_dtype!r})")
+        if self.noise_offset < 0:
+            raise UserError(f"noise-offset must be >= 0 (got {self.noise_offset})")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise UserError(f"ema-decay must lie in (0, 1) (got {self.ema_decay})")
         if self.objective.perceptual_weights is None:
             self.objective.perceptual_weights = "random" if self.model == "tiny" else "pretrained"
         self._check_validation_loss()
@@ -259,6 +299,8 @@ class Run:
     weight_dtype: torch.dtype
     total_steps: int
     batches_per_epoch: int
+    launch: Any = None  # launcher.LaunchSettings: the precision and processes the run uses, and why
+    ema: Any = None  # ema.EMA with --use-ema
 
     @property
     def controlnet(self) -> Any:
@@ -284,16 +326,24 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
     from humanfix.models.pipeline import load_components, make_controlnet
 
     dataset = PreparedDataset(config.split_dir, config.conditioning)  # fails fast, before any model loads
+    if config.log_with == "wandb":
+        require_wandb()
+    _require_perceptual_weights(config.objective)  # a missing file fails now, not after the model has loaded
     output = Path(config.output)
     # accelerate treats several processes without CUDA as multi-CPU (gloo) only when told cpu=True.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
         cpu=multi_cpu,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
+        mixed_precision=config.mixed_precision,  # None: accelerate launch's / accelerate config's choice
         log_with=config.log_with,
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output / "logs")),
     )
+    launch = launch_settings(accelerator, config.mixed_precision)
+    if launch.mixed_precision not in ("no", "fp16", "bf16"):
+        where = launch.precision_source
+        raise UserError(f"mixed precision {launch.mixed_precision!r} (from {where}): use no, fp16 or bf16")
+    config.mixed_precision = launch.mixed_precision  # what training_config.toml records: what the run used
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     components = components or load_components(config.model, config.model_config)
@@ -357,6 +407,12 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
             components.unet = torch.compile(components.unet)
         trainable = torch.compile(trainable)
 
+    ema = None
+    if config.use_ema:
+        from humanfix.ema import EMA, register
+
+        ema = EMA(params, config.ema_decay)
+        register(accelerator, ema)
     sched = components.noise_scheduler
     objective = MaskAwareObjective(
         config.objective, sched.alphas_cumprod, sched.config.prediction_type, sched.config.num_train_timesteps
@@ -378,7 +434,29 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
         weight_dtype,
         total_steps,
         batches_per_epoch,
+        launch,
+        ema,
     )
+
+
+def _require_perceptual_weights(objective: ObjectiveConfig) -> None:
+    """The pretrained perceptual networks' files, checked before anything loads (weights.py says where they go)."""
+    from humanfix.models.weights import FACENET_VGGFACE2, VGG16
+
+    if objective.perceptual_weights == "random":
+        return
+    if objective.lambda_lpips > 0:
+        VGG16.require(objective.vgg_weights)
+    if objective.lambda_face > 0:
+        FACENET_VGGFACE2.require(objective.facenet_weights)
+
+
+def require_wandb() -> None:
+    """``--log-with wandb`` needs the wandb package: one clear line when it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise UserError("--log-with wandb needs the wandb package: pip install 'humanfix[wandb]'")
 
 
 def _checkpoint_lora_alone(accelerator: Any) -> None:
@@ -464,6 +542,9 @@ def compute_loss(run: Run, batch: dict[str, Any], g: StepRandom):
         encoder_hidden_states = encode_prompts(run, batch["captions"], g.host)
     # Noise, x_t and the target in fp32 (as diffusers does); the frozen networks see x_t in the training dtype.
     noise = torch.randn(latents.shape, generator=g.device, device=device, dtype=torch.float32)
+    if run.config.noise_offset:  # drawn only when on: without it, the draws (and the numbers) are unchanged
+        offset = torch.randn(latents.shape[:2] + (1, 1), generator=g.device, device=device, dtype=torch.float32)
+        noise = noise + run.config.noise_offset * offset
     n_t = c.noise_scheduler.config.num_train_timesteps
     host_timesteps = torch.randint(0, n_t, (latents.shape[0],), generator=g.host)
     return loss_at(run, {**batch, "pixel_values": pixel_values}, latents, noise, host_timesteps, encoder_hidden_states)
@@ -574,14 +655,19 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from humanfix.progress_log import ProgressLines, is_terminal
+
     cfg, acc = run.config, run.accelerator
     output = Path(cfg.output)
     state = {"step": 0, "nonfinite_total": 0, "nonfinite_in_a_row": 0, "overflow_total": 0}
     if cfg.resume:
         state.update(load_checkpoint(run, resolve_resume(cfg.resume, output)))
+    if state["step"] >= run.total_steps:  # a finished run, resumed (a requeue): nothing to do, and nothing changes
+        return {**state, "last": {}, "steps_run": 0, "skipped_run": 0}
     metrics_path = output / "metrics.jsonl"
     if acc.is_main_process:
         _truncate_metrics(metrics_path, state["step"])
+        save_config(cfg)  # only now that the run has started: a failed --resume leaves the old config alone
     acc.wait_for_everyone()
     val_loss = None if cfg.validation_split == "none" else ValidationLoss(run, state["step"])
     if val_loss is not None and state["step"] == 0:
@@ -589,8 +675,6 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
 
     step = state["step"]
     start = {"step": step, "skipped": state["nonfinite_total"]}
-    if step >= run.total_steps:  # a finished run, resumed (a requeue): nothing to do, and nothing changes
-        return {**state, "last": {}, "steps_run": 0, "skipped_run": 0}
     stop_votes: list[Any] = []  # several processes: the queued all-reduced stop flags (see _stop_agreed)
     micro = step * cfg.gradient_accumulation_steps
     progress = Progress(
@@ -598,11 +682,14 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TextColumn("{task.fields[info]}"),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
-        disable=not acc.is_main_process,
+        disable=not acc.is_main_process or not is_terminal(),
         transient=False,
     )
+    lines = ProgressLines(run.total_steps, step, cfg.log_every, enabled=acc.is_main_process)
     images_per_update = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
     sums = None  # this update's terms (SUM_KEYS), summed over its micro-batches on the device
     pending: list[dict[str, Any]] = []  # queued updates whose numbers are not read yet (at most one)
@@ -616,6 +703,7 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
             last = _log_update(run, state, update, images_per_update, clock, metrics_path)
             if not last["skipped"]:  # a skipped update holds the schedule (the next one gets the same rate)
                 _advance_scheduler(run)
+            lines.update(last)
             progress.update(
                 task, completed=last["step"], info=f"loss {last['loss']:.4f} · {last['images_per_s']:.2f} img/s"
             )
@@ -636,6 +724,8 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
                     finish()
                     lr = run.optimizer.param_groups[0]["lr"]  # the rate this update uses, logged with it
                     update = _apply_update(run, run.params, sums)
+                    if run.ema is not None:
+                        run.ema.step()
                 run.optimizer.zero_grad(set_to_none=True)
             if not acc.sync_gradients:
                 continue
@@ -644,10 +734,11 @@ def fit(run: Run, stop: Any = None) -> dict[str, Any]:
             pending.append({**update, "step": step, "epoch": (micro - 1) // run.batches_per_epoch,
                             "lr": lr, "queued": time.perf_counter()})  # fmt: skip
             state["step"] = step
-            checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-            validation = cfg.validate_every and step % cfg.validate_every == 0
+            end = step >= run.total_steps
+            checkpoint = cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or end)  # the end: extendable
+            validation = cfg.validation_image_every and (step % cfg.validation_image_every == 0 or end)
             measure = val_loss is not None and val_loss.due(step)
-            if checkpoint or validation or measure or step >= run.total_steps:
+            if checkpoint or validation or measure or end:
                 finish()
             if measure:  # before the checkpoint: a run resumed from it has this line already
                 val_loss(step)
@@ -974,7 +1065,7 @@ def validate(run: Run, step: int) -> list[Path]:
             image = pipe(
                 prompt,
                 **extra,
-                num_inference_steps=cfg.validation_steps,
+                num_inference_steps=cfg.validation_inference_steps,
                 generator=g,
                 height=run.dataset.height,
                 width=run.dataset.width,
@@ -990,6 +1081,11 @@ def validate(run: Run, step: int) -> list[Path]:
 
             stacked = np.stack([np.asarray(i) for i in images])
             tracker.writer.add_images("validation", stacked, step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            shown = [wandb.Image(i, caption=p) for i, p in zip(images, cfg.validation_prompts, strict=True)]
+            tracker.log({"validation": shown}, step=step)
     return paths
 
 
@@ -1005,13 +1101,13 @@ def _inference_scheduler(components: Any) -> Any:
 def save_adapter(run: Run, folder: Path | None = None, step: int | None = None, **meta_extra: Any) -> Path:
     """The trained adapter, written atomically (a temporary folder, then a rename), with ``humanfix.json``.
 
-    ``OUTPUT/controlnet/``: the branch in the diffusers layout (fp32). ``OUTPUT/lora/``: the LoRA as the diffusers
-    file and the kohya single file (:mod:`humanfix.models.lora`). ``folder``: there instead (``OUTPUT/best/``), the
-    adapter as of update ``step``, ``meta_extra`` added to ``humanfix.json``.
+    ``OUTPUT/controlnet/``: the branch in the diffusers layout. ``OUTPUT/lora/``: the LoRA as the diffusers
+    file and the kohya single file (:mod:`humanfix.models.lora`). In fp32 unless ``--save-dtype`` says fp16/bf16.
+    With ``--use-ema``, the averaged weights go beside it in the same layout (``OUTPUT/controlnet-ema/`` …).
+    ``folder``: there instead (``OUTPUT/best/``), the adapter as of update ``step``, ``meta_extra`` added to
+    ``humanfix.json``.
     """
     from humanfix.checkpointing import all_finite
-    from humanfix.models.lora import kohya_metadata, save_diffusers_lora, write_kohya_lora
-    from humanfix.models.pipeline import write_branch_meta
 
     acc, cfg = run.accelerator, run.config
     acc.wait_for_everyone()
@@ -1020,26 +1116,48 @@ def save_adapter(run: Run, folder: Path | None = None, step: int | None = None, 
         raise TrainingStopped(f"the trained {cfg.adapter} holds non-finite weights: not saved to {final}")
     if not acc.is_main_process:
         return final
+    _write_adapter(run, final, step, **meta_extra)
+    if run.ema is not None and folder is None:
+        from humanfix.ema import ema_folder
+
+        with run.ema.applied():
+            _write_adapter(run, Path(cfg.output) / ema_folder(cfg.adapter), step, ema=True)
+    return final
+
+
+def _write_adapter(run: Run, final: Path, step: int | None = None, ema: bool = False, **meta_extra: Any) -> Path:
+    """The adapter's files and ``humanfix.json`` into ``final`` (via ``.tmp-<name>`` beside it)."""
+    from humanfix.models.lora import kohya_metadata, save_diffusers_lora, write_kohya_lora
+    from humanfix.models.pipeline import write_branch_meta
+    from humanfix.models.save_dtype import cast_safetensors
+
+    acc, cfg = run.accelerator, run.config
     tmp = final.parent / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     resolution = [run.dataset.width, run.dataset.height]
+    base = Path(cfg.model).expanduser()
     meta = dict(
         adapter=cfg.adapter,
-        base_model=cfg.model,
+        base_model=str(base.resolve()) if cfg.model != "tiny" and base.exists() else cfg.model,
         objective=to_toml_dict(cfg.objective),
         perceptual_weights=cfg.objective.perceptual_weights,
         steps=run.total_steps if step is None else step,
         resolution=resolution,
+        save_dtype=cfg.save_dtype,
         **meta_extra,
     )
+    if ema:
+        meta.update(ema_decay=cfg.ema_decay)
     if cfg.adapter == "lora":
         save_diffusers_lora(acc.unwrap_model(run.trainable, keep_torch_compile=False), tmp)
         header = kohya_metadata(cfg.lora_rank, cfg.lora_alpha, meta["steps"], resolution, config_toml(cfg))
         write_kohya_lora(tmp, cfg.lora_alpha, header)
         meta.update(rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_targets)
     else:
-        acc.unwrap_model(run.trainable).to(torch.float32).save_pretrained(tmp, safe_serialization=True)
+        branch = acc.unwrap_model(run.trainable, keep_torch_compile=False)  # compiled by accelerate launch's dynamo
+        branch.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
         meta.update(conditioning=cfg.conditioning)
+    cast_safetensors(tmp, cfg.save_dtype)
     write_branch_meta(tmp, **meta)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -1073,14 +1191,15 @@ def train(config: TrainConfig) -> Path:
     with (
         hold(config.output, "train") if rank0 else contextlib.nullcontext(),
         deterministic_algorithms(config.deterministic),
-        tf32(config.allow_tf32),
+        tf32(config.tf32),
     ):
         run = setup(config)
         acc = run.accelerator
         if acc.is_main_process:
-            Path(config.output).mkdir(parents=True, exist_ok=True)
+            Path(config.output).mkdir(parents=True, exist_ok=True)  # the config is written once fit has started
             clean_leftovers(Path(config.output))
-            save_config(config)
+            for line in start_lines(config, run.launch, run.total_steps):
+                log.info("%s", line)
         try:
             with graceful_stop() as stop:  # only around the loop: Ctrl-C while loading models stops at once
                 final_state = fit(run, stop)

@@ -18,7 +18,7 @@ stage "1/6 sample set: 6 COCO-format images of 2 real people from scikit-image"
 "$PY" -m humanfix.data.sample "$OUT/coco"
 
 stage "2/6 prepare-data: filter, resize to 128², person masks, face boxes (keypoints + MTCNN), crops"
-"$HF" prepare-data --coco-root "$OUT/coco" --split val --resolution 128 --min-face-size 8 --workers 2 --out "$OUT/data"
+"$HF" prepare-data --coco-root "$OUT/coco" --split val --resolution 128 --min-face-size 8 --workers 2 --output "$OUT/data"
 
 losses() {
   "$PY" - "$1/metrics.jsonl" <<'PY'
@@ -32,14 +32,14 @@ print(f"   step {last['step']}: loss {last['loss']:.4f} (LDM {last['loss_ldm']:.
 PY
 }
 
-stage "3/6 train: 30 steps of a ControlNet branch on the tiny model, perceptual terms on (T=1000: every sample gated in)"
+stage "3/6 train: 30 steps of a ControlNet branch on the tiny model, default objective (T=1000: every sample gated in)"
 "$HF" train --model tiny --data "$OUT/data" --split val --batch-size 2 --max-steps 30 --learning-rate 1e-4 \
-  --lambda-lpips 0.2 --lambda-face 0.5 --timestep-threshold 1000 --checkpoint-every 15 --output "$OUT/run"
+  --timestep-threshold 1000 --checkpoint-every 15 --output "$OUT/run"
 losses "$OUT/run"
 
 stage "4/6 train: the same objective on a rank-8 LoRA on the UNet instead (diffusers and A1111/ComfyUI files)"
 "$HF" train --model tiny --adapter lora --lora-rank 8 --data "$OUT/data" --split val --batch-size 2 --max-steps 30 \
-  --learning-rate 1e-3 --lambda-lpips 0.2 --lambda-face 0.5 --timestep-threshold 1000 --checkpoint-every 15 \
+  --learning-rate 1e-3 --timestep-threshold 1000 --checkpoint-every 15 \
   --output "$OUT/run-lora"
 losses "$OUT/run-lora"
 

@@ -28,7 +28,7 @@ def test_cli_chain(tmp_path, humanfix_cli):
     data, run, lora, gen, ev = (tmp_path / n for n in ("data", "run", "lora-run", "generate", "evaluate"))
     steps = [
         ["prepare-data", "--coco-root", coco, "--split", "val", "--resolution", "64", "--min-face-size", "8",
-         "--workers", "1", "--out", data],
+         "--workers", "1", "--output", data],
         ["train", "--model", "tiny", "--data", data, "--split", "val", "--batch-size", "2", "--max-steps", "2",
          "--lambda-lpips", "0.2", "--lambda-face", "0.5", "--timestep-threshold", "1000", "--output", run],
         ["train", "--model", "tiny", "--adapter", "lora", "--lora-rank", "4", "--data", data, "--split", "val",
@@ -62,7 +62,7 @@ def test_demo_chain_on_cuda(tmp_path, humanfix_cli, fresh_accelerate_state):
     data, run, gen, ev = (tmp_path / n for n in ("data", "run", "generate", "evaluate"))
     steps = [
         ["prepare-data", "--coco-root", coco, "--split", "val", "--resolution", "128", "--min-face-size", "8",
-         "--workers", "1", "--out", data],
+         "--workers", "1", "--output", data],
         ["train", "--model", "tiny", "--data", data, "--split", "val", "--batch-size", "2", "--max-steps", "4",
          "--mixed-precision", "bf16", "--lambda-lpips", "0.2", "--lambda-face", "0.5", "--timestep-threshold", "1000",
          "--output", run],

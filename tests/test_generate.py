@@ -262,3 +262,14 @@ def test_generate_same_seed_same_file_on_cuda(tiny_model, tmp_path):
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
         assert json.loads(Image.open(tmp_path / "a" / f).info["parameters"])["dtype"] == "float16"  # CUDA default
+
+
+def test_a_branch_brings_its_base_model_when_model_is_not_given(tiny_model, branches, tmp_path, humanfix_cli):
+    """`generate --controlnet RUN/controlnet` draws on the base recorded in humanfix.json (here: tiny)."""
+    assert GenerateConfig(prompts=("a",), controlnet=branches["straight"]).model == "tiny"
+    assert GenerateConfig(prompts=("a",), controlnet=branches["straight"], model="other").model == "other"
+    assert GenerateConfig(prompts=("a",)).model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    code, stdout, err = humanfix_cli(["generate", "a skier", "--controlnet", branches["straight"], "--steps", "1",
+                                      "--height", "64", "--width", "64", "--output", tmp_path / "out"])  # fmt: skip
+    assert code == 0, err
+    assert "1 image(s) written" in stdout and _index(tmp_path / "out")[0]["model"] == "tiny"

@@ -19,8 +19,9 @@ from humanfix.train import TrainConfig, TrainingStopped, checkpoint_dirs, train
 
 
 def config(data, output, **kw):
-    # L_lpips only by default: the face network is the slowest part of a tiny step.
-    objective = kw.pop("objective", {"lambda_lpips": 0.6, "timestep_threshold": 1000})
+    # L_lpips only by default: the face network is the slowest part of a tiny step (λ2 = 0 said explicitly: its
+    # default is the paper's 0.5).
+    objective = kw.pop("objective", {"lambda_lpips": 0.6, "lambda_face": 0.0, "timestep_threshold": 1000})
     values = dict(
         model="tiny",
         data=data,
@@ -67,7 +68,7 @@ def test_a_few_steps_write_every_output(prepared_set, tmp_path):
     assert [p.name for p in checkpoint_dirs(out)] == ["step-00000002", "step-00000004"]
     # The resolved config reloads into the same config.
     again = build_config(TrainConfig, out / "training_config.toml")
-    assert again == config(prepared_set, out, objective=objective)
+    assert again == config(prepared_set, out, objective=objective, mixed_precision="no")  # recorded: what it used
 
 
 def test_perceptual_terms_alone_move_the_zero_convolutions(prepared_set, tmp_path):
@@ -164,9 +165,9 @@ def test_validation_images_and_tensorboard_logs_are_written(prepared_set, tmp_pa
             out,
             max_steps=2,
             checkpoint_every=0,
-            validate_every=2,
+            validation_image_every=2,
             validation_prompts=("a skier",),
-            validation_steps=2,
+            validation_inference_steps=2,
             log_with="tensorboard",
         )
     )
@@ -244,7 +245,7 @@ def test_cli_train_end_to_end(prepared_set, tmp_path, humanfix_cli):
     assert "branch saved" in out
     saved = tomllib.loads((tmp_path / "run" / "training_config.toml").read_text())
     assert saved["objective"]["lambda_lpips"] == 0.3 and saved["objective"]["lambda_face"] == 0.2
-    assert saved["cache_latents"] is True and saved["allow_tf32"] is False and saved["deterministic"] is True
+    assert saved["cache_latents"] is True and saved["tf32"] is False and saved["deterministic"] is True
     code, _, err = humanfix_cli(
         [
             "train",
@@ -292,6 +293,8 @@ def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp
         "3",
         "--lambda-lpips",
         "0.5",
+        "--lambda-face",
+        "0",
         "--timestep-threshold",
         "1000",
         "--checkpoint-every",
@@ -522,7 +525,7 @@ def test_compile_wraps_unet_and_branch_and_changes_nothing_else(prepared_set, tm
 def test_bf16_step_sends_each_perceptual_term_into_the_branch(prepared_set, tmp_path, term):
     from humanfix.train import batches, compute_loss, setup, step_generator
 
-    objective = {f"lambda_{term}": 1.0, "timestep_threshold": 1000}  # L_LDM has zero weight
+    objective = {"lambda_lpips": 0.0, "lambda_face": 0.0, f"lambda_{term}": 1.0, "timestep_threshold": 1000}  # no LDM
     run = setup(config(prepared_set, tmp_path / "run", mixed_precision="bf16", objective=objective))
     acc = run.accelerator
     assert acc.device.type == "cuda" and run.weight_dtype == torch.bfloat16

@@ -31,7 +31,7 @@ def config(data, output, **kw):
         output=output,
         checkpoint_every=2,
         max_steps=4,
-        objective={"lambda_lpips": 0.6, "timestep_threshold": 1000},
+        objective={"lambda_lpips": 0.6, "lambda_face": 0.0, "timestep_threshold": 1000},  # λ2 = 0 said explicitly
     )
     values.update(kw)
     return build_config(TrainConfig, None, **values)
@@ -43,7 +43,7 @@ def config(data, output, **kw):
 )
 def test_each_perceptual_term_alone_reaches_the_lora_and_nothing_else(prepared_set, tmp_path, term, extra):
     """λ = 1 on one term: L_LDM has zero weight; its gradients land on LoRA parameters only."""
-    objective = {f"lambda_{term}": 1.0, "timestep_threshold": 1000}
+    objective = {"lambda_lpips": 0.0, "lambda_face": 0.0, f"lambda_{term}": 1.0, "timestep_threshold": 1000}
     run = setup(config(prepared_set, tmp_path / "run", objective=objective, **extra))
     c = run.components
     frozen_before = {k: v.clone() for k, v in c.unet.state_dict().items() if "lora_" not in k}
@@ -79,7 +79,7 @@ def test_resume_replays_the_lora_run_exactly_and_plain_diffusers_loads_it(prepar
     meta = json.loads((straight / "humanfix.json").read_text())
     assert (meta["adapter"], meta["rank"], meta["alpha"], meta["targets"]) == ("lora", 4, 4.0, "attn")
     saved = build_config(TrainConfig, tmp_path / "straight" / "training_config.toml")
-    assert saved == config(prepared_set, tmp_path / "straight")
+    assert saved == config(prepared_set, tmp_path / "straight", mixed_precision="no")  # recorded: what it used
 
     def draw(weight_name=None):
         pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
@@ -96,7 +96,7 @@ def test_resume_replays_the_lora_run_exactly_and_plain_diffusers_loads_it(prepar
 
 def _bf16_step_reaches_the_lora(prepared_set, output, term: str) -> None:
     """One bf16 step with ``term`` alone (L_LDM weight 0): the LoRA stays fp32 and gets finite, nonzero gradients."""
-    objective = {f"lambda_{term}": 1.0, "timestep_threshold": 1000}
+    objective = {"lambda_lpips": 0.0, "lambda_face": 0.0, f"lambda_{term}": 1.0, "timestep_threshold": 1000}
     run = setup(config(prepared_set, output, mixed_precision="bf16", objective=objective))
     unet, acc = run.components.unet, run.accelerator
     assert {p.dtype for n, p in unet.named_parameters() if "lora_" in n} == {torch.float32}
@@ -170,12 +170,15 @@ def test_bad_adapter_options_are_user_errors(prepared_set, tmp_path, kw, match):
 
 def test_cli_train_lora_end_to_end(prepared_set, tmp_path, humanfix_cli):
     toml = tmp_path / "train.toml"
-    toml.write_text('validation_steps = 2\nvalidation_prompts = ["a skier"]\n[objective]\nlambda_face = 0.5\n')
+    toml.write_text(
+        'validation_inference_steps = 2\nvalidation_prompts = ["a skier"]\n'
+        "[objective]\nlambda_lpips = 0.0\nlambda_face = 0.5\n"
+    )
     args = ["train", "--model", "tiny", "--data", prepared_set, "--split", "val", "--batch-size", "2"]
     code, out, err = humanfix_cli(
         [*args, "--config", toml, "--adapter", "lora", "--lora-rank", "8", "--lora-alpha", "4",
-         "--lora-targets", "attn-ff-conv", "--max-steps", "1", "--validate-every", "1", "--timestep-threshold", "1000",
-         "--output", tmp_path / "run"]
+         "--lora-targets", "attn-ff-conv", "--max-steps", "1", "--validation-image-every", "1",
+         "--timestep-threshold", "1000", "--output", tmp_path / "run"]
     )  # fmt: skip
     assert code == 0, err
     assert f"LoRA saved to {tmp_path / 'run' / 'lora'}" in out
@@ -204,7 +207,8 @@ def test_two_cpu_processes_checkpoint_and_resume_the_lora_exactly(prepared_set, 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
                "-m", "humanfix.cli", "train", "--model", "tiny", "--adapter", "lora", "--lora-rank", "4", "--data",
                str(prepared_set), "--split", "val", "--batch-size", "1", "--max-steps", str(steps), "--learning-rate",
-               "1e-3", "--lambda-lpips", "0.5", "--timestep-threshold", "1000", "--output", str(out), *extra,
+               "1e-3", "--lambda-lpips", "0.5", "--lambda-face", "0", "--timestep-threshold", "1000",
+               "--output", str(out), *extra,
         ]  # fmt: skip
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, [line for line in r.stderr.splitlines() if "error" in line.lower()][:5]

@@ -27,7 +27,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -59,6 +59,8 @@ SIZE_MISMATCH = "size_mismatch"  # the file's size differs from the annotation's
 class PrepareConfig:
     """Settings of ``humanfix prepare-data``; every field is a command-line flag of the same name."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"out": "output"}  # older TOML keys, read with a deprecation line
+
     # Folder holding annotations/person_keypoints_{split}2017.json, annotations/captions_{split}2017.json
     # and {split}2017/ (the MS COCO 2017 layout). The three flags below override one path each.
     coco_root: Path | None = None
@@ -70,8 +72,8 @@ class PrepareConfig:
     images: Path | None = None
     # "train", "val" or "all" (both; only with --coco-root).
     split: str = "train"
-    # Output folder: OUT/{split}/metadata.jsonl, images/, masks/, crops/ and OUT/summary.json.
-    out: Path = Path("humanfix-data")
+    # Output folder: OUTPUT/{split}/metadata.jsonl, images/, masks/, crops/ and OUTPUT/summary.json.
+    output: Path = Path("humanfix-data")
     # Keep images whose union of non-crowd person masks covers at least this fraction of the original.
     # 0.2: people then fill much of the frame (the point of the set) while group and action shots stay in.
     min_coverage: float = 0.2
@@ -107,8 +109,13 @@ class PrepareConfig:
     # "mtcnn" (facenet-pytorch's, on CPU) or "none" (face boxes from keypoints only).
     face_detector: str = "mtcnn"
 
+    @property
+    def out(self) -> Path:
+        """The older name of ``output``."""
+        return self.output
+
     def __post_init__(self) -> None:
-        for name in ("coco_root", "keypoints", "captions", "images", "out"):
+        for name in ("coco_root", "keypoints", "captions", "images", "output"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser())
@@ -230,15 +237,15 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     from humanfix.runlock import hold
 
     sources = split_sources(config)
-    with hold(config.out, "prepare-data"):
+    with hold(config.output, "prepare-data"):
         return _prepare_locked(config, sources)
 
 
 def _prepare_locked(config: PrepareConfig, sources: list[SplitSources]) -> dict[str, Any]:
-    config.out.mkdir(parents=True, exist_ok=True)
+    config.output.mkdir(parents=True, exist_ok=True)
     filters = coco.Filters(config.min_coverage, config.min_person_area, config.max_persons, config.skip_crowd)
     started = time.perf_counter()
-    summary_path = config.out / "summary.json"
+    summary_path = config.output / "summary.json"
     previous: dict[str, Any] = {}
     if summary_path.is_file():
         try:
@@ -259,7 +266,7 @@ def _prepare_locked(config: PrepareConfig, sources: list[SplitSources]) -> dict[
 
 def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filters) -> dict[str, Any]:
     t0 = time.perf_counter()
-    split_dir = config.out / src.split
+    split_dir = config.output / src.split
     _claim(split_dir, config)
     sel = coco.select(coco.load_json(src.keypoints, "person keypoints annotation file"), filters)
     captions = coco.load_captions(src.captions) if src.captions else {}
@@ -353,14 +360,14 @@ def _claim(split_dir: Path, config: PrepareConfig) -> None:
     if split_dir.exists() and any(split_dir.iterdir()):
         if not settings_path.is_file():
             raise UserError(
-                f"{split_dir} exists and was not written by prepare-data: pass --overwrite or another --out"
+                f"{split_dir} exists and was not written by prepare-data: pass --overwrite or another --output"
             )
         old, new = json.loads(settings_path.read_text()), config.output_settings()
         if old != new:
             diff = sorted(k for k in {**old, **new} if old.get(k) != new.get(k))
             raise UserError(
                 f"{split_dir} was prepared with other settings ({', '.join(diff)}): pass --overwrite to redo it, "
-                "or another --out"
+                "or another --output"
             )
     write_atomic(settings_path, (json.dumps(config.output_settings(), sort_keys=True) + "\n").encode())
     for tmp in split_dir.rglob(".*.tmp"):  # left by a crashed run; never read

@@ -180,13 +180,15 @@ def metrics_table(metrics: dict[str, Any]) -> dict[str, Any] | None:
             source += f" (poses: {real['pose']['source']})"
         rows.append({"label": source, "real": True, "cells": cells})
     extractor = metrics.get("feature_extractor") or {}
-    meta = f"mode {metrics.get('mode', '–')}"
+    parts = [f"FID/KID mode {metrics['mode']}"] if metrics.get("mode") else []  # no "mode –" when FID is off
     if extractor:
-        meta += f", features: {extractor.get('name', '')} (sha256 {str(extractor.get('sha256', ''))[:12]}…)"
+        parts.append(f"features: {extractor.get('name', '')} (sha256 {str(extractor.get('sha256', ''))[:12]}…)")
+    meta = ", ".join(parts)
     if with_pose:
         p = metrics["pose_setup"]
+        meta += "; " if meta else ""
         meta += (
-            f"; poses: {p['detector']} + {p['estimator']} ({p['weights']} weights), person from "
+            f"poses: {p['detector']} + {p['estimator']} ({p['weights']} weights), person from "
             f"{p['person_threshold']}, keypoint from {p['keypoint_threshold']}, plausible from {p['plausible_from']}"
         )
     return {"head": head, "rows": rows, "meta": meta, "notes": metrics.get("notes", [])}

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from humanfix.devices import resolve_device
 from humanfix.errors import UserError
@@ -26,6 +26,8 @@ POSE_REFERENCES = ("detector", "ground-truth")
 @dataclass
 class EvaluateConfig:
     """What to measure on which images. Paths may be strings in TOML."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"num_workers": "workers"}  # older TOML keys, read with a deprecation line
 
     generated: tuple[Path, ...] = ()  # generate outputs (index.jsonl + PNGs, --compare ones too) or image folders
     real: Path | None = None  # a prepare-data split folder (its images/ is used) or any image folder
@@ -55,8 +57,13 @@ class EvaluateConfig:
     ratings: tuple[Path, ...] = ()  # A/B choices files downloaded from report.html, summarised per model pair
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
     batch_size: int = 32  # images per Inception forward (and per pose-detector forward)
-    num_workers: int | None = None  # image-loading processes (None: 0 on CPU, up to 8 on GPU)
+    workers: int | None = None  # image-loading processes (None: 0 on CPU, up to 8 on GPU)
     seed: int = 0  # bootstrap resamples, KID subsets, A/B sides and order
+
+    @property
+    def num_workers(self) -> int | None:
+        """The older name of ``workers``."""
+        return self.workers
 
     def __post_init__(self) -> None:
         self.generated = tuple(Path(g) for g in self.generated)
@@ -85,8 +92,8 @@ class EvaluateConfig:
             raise UserError("--person-threshold must be in (0, 1) and --keypoint-threshold in [0, 1)")
         if self.pose_bootstrap < 0:
             raise UserError(f"--pose-bootstrap must be >= 0, got {self.pose_bootstrap}")
-        if self.batch_size < 1 or (self.num_workers is not None and self.num_workers < 0):
-            raise UserError("--batch-size must be >= 1 and --num-workers >= 0")
+        if self.batch_size < 1 or (self.workers is not None and self.workers < 0):
+            raise UserError("--batch-size must be >= 1 and --workers >= 0")
         if self.real is not None and self.real_stats is not None:
             raise UserError("give either --real or --real-stats, not both")
         if self.save_stats is not None and self.real is None:
@@ -174,7 +181,7 @@ def _measure(
     from humanfix.evaluate import fid as M
 
     device = resolve_device(config.device)
-    workers = config.num_workers if config.num_workers is not None else (0 if device.type == "cpu" else 8)
+    workers = config.workers if config.workers is not None else (0 if device.type == "cpu" else 8)
     workers = min(workers, os.cpu_count() or 1)
     metrics: dict[str, Any] = {"device": str(device)}
     notes: list[str] = []

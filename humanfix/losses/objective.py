@@ -28,6 +28,7 @@ from humanfix.losses.crops import Boxes, IntBox
 from humanfix.losses.decode import CHECKPOINTING, DECODE_REGIONS, decode_for_loss
 from humanfix.losses.face import DEFAULT_FACE_LAYER_WEIGHTS, DEFAULT_FACE_LAYERS, FaceFeatureLoss
 from humanfix.losses.perceptual import LPIPS_LAYERS, MaskedLPIPS
+from humanfix.losses.snr import min_snr_weights
 from humanfix.losses.x0 import PREDICTION_TYPES, predict_x0
 
 
@@ -35,10 +36,10 @@ from humanfix.losses.x0 import PREDICTION_TYPES, predict_x0
 class ObjectiveConfig:
     """The objective's settings; every field is a ``humanfix train`` option of the same name."""
 
-    # λ1: weight of the masked LPIPS term on gated samples.
-    lambda_lpips: float = 0.0
-    # λ2: weight of the face-feature term on gated samples.
-    lambda_face: float = 0.0
+    # λ1: weight of the masked LPIPS term on gated samples (0.2: the paper's setting).
+    lambda_lpips: float = 0.2
+    # λ2: weight of the face-feature term on gated samples (0.5: the paper's setting).
+    lambda_face: float = 0.5
     # T: samples with timestep t < T get the perceptual terms (100 works best; 400 blurs).
     timestep_threshold: int = 100
     # β_l: weights of the five LPIPS-VGG layers (relu1_2 … relu5_3); all 1 is LPIPS itself.
@@ -64,8 +65,12 @@ class ObjectiveConfig:
     # Explicit weight files (default: where weights.py says they belong).
     vgg_weights: Path | None = None
     facenet_weights: Path | None = None
+    # Min-SNR weighting of L_LDM (Hang et al. 2023; losses/snr.py), γ = 5 in the paper; unset: off.
+    snr_gamma: float | None = None
 
     def __post_init__(self) -> None:
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise UserError(f"snr-gamma must be > 0 (got {self.snr_gamma})")
         if self.lambda_lpips < 0 or self.lambda_face < 0:
             raise UserError(f"lambda-lpips and lambda-face must be >= 0 (got {self.lambda_lpips}, {self.lambda_face})")
         if self.lambda_lpips + self.lambda_face > 1 + 1e-9:
@@ -239,7 +244,11 @@ class MaskAwareObjective(nn.Module):
                 has[name][owner] = True
         w_lpips = cfg.lambda_lpips * _to_device(has["lpips"], device, torch.float32)
         w_face = cfg.lambda_face * _to_device(has["face"], device, torch.float32)
-        per_sample = (1.0 - w_lpips - w_face) * ldm + w_lpips * terms["lpips"] + w_face * terms["face"]
+        weighted_ldm = ldm
+        if cfg.snr_gamma is not None:  # the LDM term alone is reweighted; ldm is logged unweighted
+            ac = self._alphas_cumprod(device).index_select(0, timesteps.long())
+            weighted_ldm = ldm * min_snr_weights(ac, cfg.snr_gamma, self.prediction_type)
+        per_sample = (1.0 - w_lpips - w_face) * weighted_ldm + w_lpips * terms["lpips"] + w_face * terms["face"]
         return ObjectiveOutput(
             total=per_sample.mean(),
             ldm=ldm.mean().detach(),

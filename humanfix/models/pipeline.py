@@ -7,7 +7,8 @@
 - a single ``.safetensors`` or ``.ckpt`` file in the original SD layout, with ``model_config`` naming a
   local diffusers folder to take the configs from (diffusers' ``from_single_file`` would otherwise
   look a config up on the hub); ``.ckpt`` files load with ``weights_only=True``;
-- a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``, online or from the local cache.
+- a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5``, from the local Hugging Face cache only,
+  unless the user opts in to downloads with ``HF_HUB_OFFLINE=0`` (:func:`humanfix.models.weights.downloads_allowed`).
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ def resolve_model(model: str) -> tuple[str, bool]:
 
 
 def _offline_hint(model: str, err: Exception) -> UserError:
+    from humanfix.models.weights import downloads_allowed
+
+    how = "" if downloads_allowed() else ", or set HF_HUB_OFFLINE=0 to let humanfix download it"
     return UserError(
         f"cannot load the model {model!r}: it is not a local folder or file, and it is not in the Hugging Face "
-        f"cache ({type(err).__name__}). Download it first (hf download {model}) or pass a local folder"
+        f"cache ({type(err).__name__}). Download it first (hf download {model}){how}, or pass a local folder"
     )
 
 
@@ -68,13 +72,16 @@ def load_components(model: str, model_config: str | Path | None = None, dtype: A
         raise UserError(f"{path} is not a diffusers pipeline folder: model_index.json not found")
     if not path.exists() and (location.startswith((".", "/", "~")) or location.count("/") != 1):
         raise UserError(f"model not found: {location} (a folder, a .safetensors/.ckpt file, a hub id, or 'tiny')")
+    from humanfix.models.weights import downloads_allowed
+
     kw = {"torch_dtype": dtype} if dtype is not None else {}
+    local = {"local_files_only": not downloads_allowed()}  # no network unless the user opted in
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", **kw)
-        vae = AutoencoderKL.from_pretrained(location, subfolder="vae", **kw)
-        unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", **kw)
-        noise_scheduler = DDPMScheduler.from_pretrained(location, subfolder="scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(location, subfolder="tokenizer", **local)
+        text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", **kw, **local)
+        vae = AutoencoderKL.from_pretrained(location, subfolder="vae", **kw, **local)
+        unet = UNet2DConditionModel.from_pretrained(location, subfolder="unet", **kw, **local)
+        noise_scheduler = DDPMScheduler.from_pretrained(location, subfolder="scheduler", **local)
     except OSError as e:
         if path.exists():
             raise UserError(f"cannot load the pipeline folder {path}: {str(e).splitlines()[0]}") from None
@@ -136,6 +143,19 @@ def read_branch_meta(folder: str | Path) -> dict[str, Any]:
     """What training saved beside a branch or a LoRA (adapter, base model, objective, …); ``{}`` for a foreign one."""
     meta = Path(folder) / BRANCH_META
     return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def recorded_base_model(folders: list[str | Path]) -> str | None:
+    """The base model the adapters in ``folders`` were trained on (their ``humanfix.json``); None if none says.
+
+    Adapters recording different bases are a :class:`UserError`: one run draws on one base (pass --model).
+    """
+    found = {str(f): read_branch_meta(f).get("base_model") for f in folders if (Path(f) / BRANCH_META).is_file()}
+    bases = sorted({b for b in found.values() if b})
+    if len(bases) > 1:
+        listing = ", ".join(f"{f}: {b}" for f, b in found.items() if b)
+        raise UserError(f"these adapters were trained on different base models ({listing}): pass --model")
+    return bases[0] if bases else None
 
 
 def write_branch_meta(folder: str | Path, **meta: Any) -> None:

@@ -16,6 +16,15 @@ from humanfix.errors import UserError
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
+def downloads_allowed() -> bool:
+    """Whether loading may download: only when the user opts in with ``HF_HUB_OFFLINE=0`` (docs/weights.md).
+
+    Otherwise every hub id is read from the local Hugging Face cache alone (``local_files_only``): a missing model
+    is an error in seconds, not minutes of network retries, and nothing is ever downloaded implicitly.
+    """
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
+
+
 def torch_hub_checkpoints() -> Path:
     """torchvision's cache: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``)."""
     import torch.hub
@@ -43,6 +52,7 @@ class Asset:
     filename: str
     url: str
     folder_fn: object  # () -> Path
+    flag: str = ""  # the option that passes another path to the file
 
     def folder(self) -> Path:
         return self.folder_fn()  # type: ignore[operator]
@@ -57,7 +67,7 @@ class Asset:
             return path
         raise UserError(
             f"missing {self.description}: {path} not found. Download {self.url} and place it at {self.path()}"
-            + (" (or pass its path explicitly)" if explicit is None else "")
+            + (f" (or pass its path with {self.flag})" if explicit is None and self.flag else "")
         )
 
 
@@ -67,6 +77,7 @@ VGG16 = Asset(
     filename="vgg16-397923af.pth",
     url="https://download.pytorch.org/models/vgg16-397923af.pth",
     folder_fn=torch_hub_checkpoints,
+    flag="train --vgg-weights",
 )
 FACENET_VGGFACE2 = Asset(
     key="facenet-vggface2",
@@ -74,6 +85,7 @@ FACENET_VGGFACE2 = Asset(
     filename="20180402-114759-vggface2.pt",
     url="https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
     folder_fn=facenet_checkpoints,
+    flag="train --facenet-weights",
 )
 INCEPTION_FID = Asset(
     key="inception-fid",
@@ -81,8 +93,10 @@ INCEPTION_FID = Asset(
     filename="inception-2015-12-05.pt",
     url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
     folder_fn=cleanfid_folder,
+    flag="evaluate --inception-weights",
 )
 FILE_ASSETS = (VGG16, FACENET_VGGFACE2, INCEPTION_FID)
+TRAINING_ASSETS = (VGG16, FACENET_VGGFACE2)  # what the default objective (λ1, λ2 > 0) needs; doctor fails without
 
 
 def lpips_heads_path() -> Path:

@@ -26,7 +26,7 @@ SPECS = [
 
 
 def config(kp, cp, images, out, **kw) -> PrepareConfig:
-    d = dict(keypoints=kp, captions=cp, images=images, split="val", out=out, min_coverage=0.1, resolution=64,
+    d = dict(keypoints=kp, captions=cp, images=images, split="val", output=out, min_coverage=0.1, resolution=64,
              min_face_size=4, workers=1, face_detector="none")  # fmt: skip
     d.update(kw)
     return PrepareConfig(**d)
@@ -143,7 +143,7 @@ def test_coco_root_layout_and_split_all(make_coco, tmp_path):
         (root / "annotations" / f"person_keypoints_{split}2017.json").write_bytes(kp.read_bytes())
         (root / "annotations" / f"captions_{split}2017.json").write_bytes(cp.read_bytes())
         (root / f"{split}2017").symlink_to(images)
-    s = prepare(PrepareConfig(coco_root=root, split="all", out=tmp_path / "out", resolution=64, workers=1,
+    s = prepare(PrepareConfig(coco_root=root, split="all", output=tmp_path / "out", resolution=64, workers=1,
                               min_face_size=4, face_detector="none"))  # fmt: skip
     assert set(s["splits"]) == {"train", "val"} and s["splits"]["train"]["kept"] == 2
     assert len(read_records(tmp_path / "out" / "train")) == 2
@@ -179,21 +179,21 @@ def test_cli_error_paths_exit_2(make_coco, tmp_path, humanfix_cli, args, message
     for k, v in zip(extra[::2], extra[1::2], strict=True):
         base[k] = v
     argv = [x for kv in base.items() for x in kv if x != ""]  # "" : a flag without a value
-    code, out, err = humanfix_cli(["prepare-data", *argv, "--out", tmp_path / "o"])
+    code, out, err = humanfix_cli(["prepare-data", *argv, "--output", tmp_path / "o"])
     assert code == 2, (out, err)
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1  # one line
 
 
 def test_cli_needs_a_source(humanfix_cli, tmp_path):
-    code, _, err = humanfix_cli(["prepare-data", "--out", tmp_path / "o"])
+    code, _, err = humanfix_cli(["prepare-data", "--output", tmp_path / "o"])
     assert code == 2 and "--coco-root" in err
 
 
 def test_cli_end_to_end_on_ochuman(ochuman, tmp_path, humanfix_cli):
     args = ["prepare-data", "--keypoints", ochuman / "person_keypoints.json", "--captions", ochuman / "captions.json",
             "--images", ochuman, "--split", "val", "--min-coverage", "0", "--resolution", "256",
-            "--min-face-size", "8", "--workers", "2", "--out", tmp_path / "out"]  # fmt: skip
+            "--min-face-size", "8", "--workers", "2", "--output", tmp_path / "out"]  # fmt: skip
     code, out, err = humanfix_cli(args)
     assert code == 0, err
     assert "kept" in out and "faces: both" in out  # the rich summary table

@@ -99,3 +99,4 @@ def test_skeleton_overlay_is_drawn_over_the_images(tmp_path, compare_output):
     assert result["images"] == 4 and result["loaded"] == 4  # the images themselves are untouched
     assert result["skeletons"] == 2  # one SVG per image with pose data, shown while the toggle is on
     assert result["skeleton_lines"] == 19 - 1  # COCO's 19 bones, less the one that ends at the faint ankle
+    assert result["toggle_on_ab"] == "none"  # the skeleton toggle belongs to the overview, not the blind A/B tab

@@ -80,3 +80,12 @@ def test_embedded_page_is_self_contained_and_linked_page_is_relative(tmp_path, c
     srcs = re.findall(r'<img id="img-\d+" src="([^"]*)"', linked)
     assert len(srcs) == 8 and all(s.startswith("../gen/") for s in srcs)
     assert (tmp_path / "out" / srcs[0]).resolve().is_file()
+
+
+def test_footnote_names_the_fid_mode_only_when_fid_ran():
+    from humanfix.evaluate.report import metrics_table
+
+    without = metrics_table({"models": {"base": {"n_generated": 4, "face_rate": 0.5}}})
+    assert "mode" not in without["meta"] and "–" not in without["meta"]
+    with_fid = metrics_table({"mode": "clean", "models": {"base": {"n_generated": 4, "fid": 12.0}}})
+    assert with_fid["meta"].startswith("FID/KID mode clean")

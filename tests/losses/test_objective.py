@@ -11,6 +11,8 @@ RES = 64  # pixels; latents are 8×8
 
 
 def make_objective(components, **kw):
+    kw.setdefault("lambda_lpips", 0.0)  # these tests name each λ they use: the others are 0 (not the paper's defaults)
+    kw.setdefault("lambda_face", 0.0)
     kw.setdefault("perceptual_weights", "random")
     kw.setdefault("lpips_crop_size", 32)
     cfg = ObjectiveConfig(**kw)
@@ -192,7 +194,7 @@ def test_missing_pretrained_weights_name_the_file(tmp_path, monkeypatch):
         ObjectiveConfig(lambda_lpips=0.5)  # config is fine...
         MaskAwareObjective(ObjectiveConfig(lambda_lpips=0.5), torch.ones(1000))  # ...building it needs the file
     with pytest.raises(UserError, match="20180402-114759-vggface2.pt"):
-        MaskAwareObjective(ObjectiveConfig(lambda_face=0.5), torch.ones(1000))
+        MaskAwareObjective(ObjectiveConfig(lambda_lpips=0.0, lambda_face=0.5), torch.ones(1000))
 
 
 @pytest.mark.parametrize("margin", [0, 2])

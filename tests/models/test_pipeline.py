@@ -74,3 +74,70 @@ def test_hub_id_loads_from_the_local_cache_offline(tiny_model, run_offline):
     )
     out = run_offline({"someone/tiny-sd": tiny_model}, code)
     assert out.split() == ["UNet2DConditionModel", "True"]
+
+
+def test_a_hub_id_never_touches_the_network_unless_downloads_are_allowed(tmp_path):
+    """HF_HUB_OFFLINE unset (a user's usual shell): the hub is never contacted, the error comes in seconds."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    connections = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            connections.append(1)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.getsockname()[1]}", HF_HUB_CACHE=str(tmp_path / "hub"))
+    cmd = [sys.executable, "-m", "humanfix.cli", "generate", "a", "--model", "someone/not-cached", "--output", tmp_path]
+    start = time.monotonic()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        stop.set()
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "HF_HUB_OFFLINE=0" in r.stderr and "hf download someone/not-cached" in r.stderr
+    assert connections == [] and time.monotonic() - start < 60
+
+
+def test_downloads_are_opt_in(monkeypatch):
+    for value, allowed in ((None, False), ("1", False), ("0", True), ("false", True)):
+        if value is None:
+            monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        else:
+            monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert weights.downloads_allowed() is allowed, value
+
+
+def test_missing_perceptual_weights_name_their_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="pass its path with train --vgg-weights"):
+        weights.VGG16.require()
+
+
+def test_recorded_base_model_of_adapters(tmp_path):
+    from humanfix.models.pipeline import recorded_base_model
+
+    for name, base in (("a", "tiny"), ("b", "tiny"), ("c", "/models/sd15")):
+        (tmp_path / name).mkdir()
+        write_branch_meta(tmp_path / name, base_model=base)
+    (tmp_path / "foreign").mkdir()
+    assert recorded_base_model([tmp_path / "a", tmp_path / "b", tmp_path / "foreign"]) == "tiny"
+    assert recorded_base_model([tmp_path / "foreign"]) is None
+    with pytest.raises(UserError, match="different base models"):
+        recorded_base_model([tmp_path / "a", tmp_path / "c"])

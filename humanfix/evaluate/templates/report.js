@@ -84,6 +84,8 @@
     $("ab").classList.toggle("hidden", !ab);
     $("tab-overview").classList.toggle("on", !ab);
     $("tab-ab").classList.toggle("on", ab);
+    const toggle = document.querySelector("label.toggle");  // skeletons belong to the overview, not the blind A/B
+    if (toggle) toggle.classList.toggle("hidden", ab);
     if (ab) { if (pos >= 0 && pairs.length && choices[pairs[pos].pair]) pos = firstOpen(pos); render(); }
   }
 
@@ -178,6 +180,7 @@
       $("show-skeletons").click();
     }
     showTab(true);
+    if (pose) result.toggle_on_ab = getComputedStyle(document.querySelector("label.toggle")).display;
     if (pairs.length) {
       $("choose-left").click();
       document.dispatchEvent(new KeyboardEvent("keydown", { key: "ArrowRight", bubbles: true }));
