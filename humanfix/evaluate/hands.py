@@ -275,8 +275,17 @@ def _hinge(a: np.ndarray, b: np.ndarray, c: np.ndarray, across: np.ndarray, vola
 # -- the detector -----------------------------------------------------------------------------------------------
 
 
+def _quiet() -> None:
+    """MediaPipe's C++ logging (glog/absl, TF Lite) on stderr: warnings and errors only."""
+    import os
+
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def mediapipe_status() -> tuple[bool, str]:
     """Whether MediaPipe Hands can run here, and its version or what is missing (for ``doctor``)."""
+    _quiet()
     try:
         import mediapipe as mp  # noqa: F401
     except Exception as e:  # ImportError, or a protobuf it cannot work with
@@ -310,8 +319,12 @@ class HandDetector:
 
     def __call__(self, rgb: np.ndarray) -> list[dict[str, Any]]:
         """The hands in one H×W×3 uint8 RGB image: box, side, score, landmarks (21×3 px), world (21×3 m)."""
+        import warnings
+
         h, w = rgb.shape[:2]
-        res = self.hands.process(np.ascontiguousarray(rgb))
+        with warnings.catch_warnings():  # protobuf 4's GetPrototype deprecation, once per image
+            warnings.simplefilter("ignore", UserWarning)
+            res = self.hands.process(np.ascontiguousarray(rgb))
         found = []
         for cls, lms, world in zip(
             res.multi_handedness or [],
@@ -330,6 +343,7 @@ class HandDetector:
 
 def load_detector(threshold: float = 0.5, max_hands: int = 2) -> HandDetector:
     """MediaPipe Hands from the installed wheel (no network); a missing extra is one :class:`UserError` line."""
+    _quiet()
     try:
         import mediapipe as mp
         from mediapipe.python.solutions import hands as mp_hands
