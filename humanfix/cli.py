@@ -126,6 +126,9 @@ def generate(
         str | None,
         typer.Option(help='One prompt per line, or JSONL {"prompt", "seed", "negative_prompt", "condition_image"}.'),
     ] = None,
+    prompt_set: Annotated[
+        str | None, typer.Option(help="A built-in prompt set: hands (28 prompts, hands large in the frame).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Base SD 1.5: hub id, folder, single file, or 'tiny'.")] = None,
     model_config: Annotated[
         str | None, typer.Option(help="Diffusers folder with the configs, when --model is a single file.")
@@ -171,6 +174,7 @@ def generate(
         config,
         prompts=tuple(prompts) if prompts else None,
         prompts_file=prompts_file,
+        prompt_set=prompt_set,
         model=model,
         model_config=model_config,
         controlnet=controlnet,
