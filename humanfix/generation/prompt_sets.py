@@ -15,7 +15,7 @@ HANDS = (
     "close-up photo of a hand making a peace sign, natural light",
     "close-up photo of a hand pointing with the index finger, neutral background",
     "close-up photo of a hand making an OK sign, shallow depth of field",
-    "close-up photo of a clenched fist, side view, soft light",
+    "close-up photo of a hand clenched into a fist, side view, soft light",
     "close-up photo of a hand waving hello, bright daylight",
     "close-up photo of a hand holding a coffee mug, cafe table",
     "close-up photo of a hand holding a smartphone, thumb on the screen",
