@@ -290,6 +290,10 @@ def mediapipe_status() -> tuple[bool, str]:
         import mediapipe as mp  # noqa: F401
     except Exception as e:  # ImportError, or a protobuf it cannot work with
         return False, f"missing ({type(e).__name__}: {str(e)[:80]}): {EXTRA}"
+    import google.protobuf
+
+    if int(google.protobuf.__version__.split(".")[0]) >= 5:  # its graph code uses APIs protobuf 5 removed
+        return False, f"mediapipe {mp.__version__} needs protobuf<5, found {google.protobuf.__version__}: {EXTRA}"
     root = Path(mp.__file__).parent / "modules"
     models = [
         root / "palm_detection" / "palm_detection_full.tflite",

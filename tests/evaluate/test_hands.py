@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -240,3 +242,46 @@ def test_no_hands_and_unreadable_images_are_counts(tmp_path, humanfix_cli, detec
     m = json.loads((out / "metrics.json").read_text())
     assert m["hands"]["n_unreadable"] == 2 and m["hands"]["n_hands"] == 0 and m["hands"]["hands_per_image"] is None
     assert "2 of 2 image(s) unreadable" in " ".join(m["notes"])
+
+
+def test_expected_hands_counts_wrists_whose_crop_holds_a_hand(detector, sample):
+    photo = sample / "onehand10k-784.jpg"
+    (im,) = H.detect_hands([photo], detector)
+    wrist = im.hands[0]["landmarks"][0, :2]
+    kp = np.zeros((2, 17, 3))
+    kp[0, 9] = [*wrist, 0.9]  # left wrist on the hand, its elbow a forearm (400 px) below
+    kp[0, 7] = [wrist[0], wrist[1] + 400, 0.9]
+    kp[1, 10] = [5, 5, 0.9]  # a right wrist in the corner, far from the hand; its elbow not found
+    kp[1, 8] = [40, 40, 0.1]
+    poses = SimpleNamespace(path=photo, width=im.width, height=im.height, keypoints=kp)
+    boxes = H.wrist_crops(poses, keypoint_threshold=0.3)
+    assert len(boxes) == 2 and boxes[1] == (0, 0, 5 + H.MIN_WRIST_CROP, 5 + H.MIN_WRIST_CROP)
+    rows = H.expected_hands([poses], detector, keypoint_threshold=0.3)
+    assert rows.tolist() == [[2, 1]]
+    s, _ = H.summarize([im], resamples=50, wrists=rows)
+    assert s["expected_hand_rate"] == 0.5 and (s["n_wrists"], s["n_wrists_with_hand"]) == (2, 1)
+
+
+def test_evaluate_hands_with_pose_on_the_tiny_demo_layout(tmp_path, humanfix_cli, detector, sample, compare_output,
+                                                          prepared_set):  # fmt: skip
+    photos = sorted(sample.glob("onehand10k-*.jpg"))
+    gen = compare_output(tmp_path / "gen", ["a hand", "two hands"], [1, 2], ["base", "photos"], photos=photos)
+    out = tmp_path / "out"
+    code, stdout, err = humanfix_cli([
+        "evaluate", "--hands", "--pose", "--pose-weights", "random", "--report", "--generated", gen,
+        "--real", prepared_set / "val", "--hand-bootstrap", "100", "--pose-bootstrap", "100", "--output", out,
+    ])  # fmt: skip
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    for label in ("base", "photos"):
+        h = m["models"][label]["hands"]
+        assert h["n_images"] == 4 and "expected_hand_rate" in h and h["n_wrists"] >= h["n_wrists_with_hand"] >= 0
+    assert m["models"]["photos"]["hands"]["n_hands"] >= 1 and m["models"]["base"]["hands"]["n_hands"] == 0
+    assert "hands" in m["real"] and "wrist_crop" in m["hands_setup"]
+    page = (out / "report.html").read_text()
+    data = json.loads(re.search(r'<script id="hands-data" type="application/json">(.*?)</script>', page, re.S)[1])
+    assert (
+        data["images"]
+        and data["connections"]
+        and all(len(h["landmarks"]) == 21 and "world" not in h for im in data["images"].values() for h in im["hands"])
+    )
