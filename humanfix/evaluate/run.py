@@ -126,6 +126,12 @@ def evaluate(config: EvaluateConfig, print_tables: bool = True) -> EvaluateResul
     """Run every measurement the config asks for; write metrics.json / ratings.json / report.html."""
     from humanfix.evaluate import sets
 
+    if config.hands:  # a missing extra stops here, before any other measure runs
+        from humanfix.evaluate.hands import mediapipe_status
+
+        ready, detail = mediapipe_status()
+        if not ready:
+            raise UserError(f"--hands: {detail}")
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
     result = EvaluateResult(out)
