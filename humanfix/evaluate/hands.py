@@ -440,11 +440,11 @@ def wrist_crops(poses: Any, keypoint_threshold: float) -> list[tuple[int, int, i
     boxes = []
     for person in poses.keypoints:
         for elbow, wrist in COCO_WRISTS:
-            if person[wrist, 2] <= keypoint_threshold:
+            if person[wrist, 2] < keypoint_threshold or person[wrist, 2] <= 0:  # counts from the threshold on
                 continue
             wx, wy = person[wrist, :2]
             half = MIN_WRIST_CROP
-            if person[elbow, 2] > keypoint_threshold:
+            if person[elbow, 2] >= keypoint_threshold and person[elbow, 2] > 0:
                 half = max(half, WRIST_CROP * float(np.hypot(*(person[wrist, :2] - person[elbow, :2]))))
             box = (int(wx - half), int(wy - half), int(wx + half), int(wy + half))
             x0, y0 = max(box[0], 0), max(box[1], 0)
