@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo gpu-check clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 # The whole chain offline on the built-in tiny model: sample set -> prepare-data -> train -> generate -> evaluate.
 demo: $(STAMP)
 	bash scripts/demo.sh
+
+# Every check that needs a CUDA GPU: pytest -m gpu, the throughput suite, the demo -> gpu-check.json.
+# Without CUDA: one line saying so, exit 2.
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -382,8 +382,13 @@ def evaluate(
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit code 2."""
+    from humanfix.signals import Interrupted
+
     try:
         app()
+    except Interrupted as e:  # stopped by SIGINT/SIGTERM after saving its work: 130 / 143, as a shell reports
+        print(f"humanfix: {e}", file=sys.stderr)
+        sys.exit(e.code)
     except UserError as e:
         print(f"humanfix: error: {e}", file=sys.stderr)
         sys.exit(2)

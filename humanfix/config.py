@@ -9,6 +9,7 @@ files, building a config from a TOML file plus command-line overrides, and writi
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -37,19 +38,65 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def _coerce(value: Any, annotation: Any) -> Any:
-    """TOML gives lists where configs hold tuples, and strings where they hold paths."""
+class _BadValue(UserError):
+    """A config value of the wrong type; ``key`` grows its table prefix on the way out (``objective.lambda_lpips``)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"option {key!r}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def _type_name(annotation: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", Path: "a path"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
+
+
+def _coerce(value: Any, annotation: Any, key: str = "?") -> Any:
+    """TOML gives lists where configs hold tuples, and strings where they hold paths; the types are checked.
+
+    The checks are those of the dataclass field's type: an integer for ``int`` (not a bool, not 2.5), a number
+    for ``float`` (an integer is fine, a bool or "1e-4" is not), true/false for ``bool`` (not "false"), a
+    string for ``str``, a table for a nested config; non-finite floats (nan, inf) are refused everywhere.
+    A wrong one is a :class:`UserError` naming the key. Python objects of other types pass as they are.
+    """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return value if value is None or len(inner) != 1 else _coerce(value, inner[0])
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+        return value if value is None or len(inner) != 1 else _coerce(value, inner[0], key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _BadValue(key, f"must be a finite number, got {value}")
+    if origin is tuple and isinstance(value, (list, tuple)):
+        item = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
+        return tuple(_coerce(v, item, f"{key}[{i}]") if item else v for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise _BadValue(key, f"expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or isinstance(value, (float, str, list, dict)):
+            raise _BadValue(key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or isinstance(value, (str, list, dict)):
+            raise _BadValue(key, f"expected a number, got {value!r}")
+        return float(value) if isinstance(value, int) else value
+    if annotation in (str, Path) and isinstance(value, (bool, int, float, list, dict, tuple)):
+        raise _BadValue(key, f"expected {_type_name(annotation)}, got {value!r}")
+    if origin is tuple and isinstance(value, (str, bool, int, float, dict)):
+        raise _BadValue(key, f"expected a list, got {value!r}")
     if annotation is Path and isinstance(value, str):
         return Path(value)
-    if dataclasses.is_dataclass(annotation) and isinstance(value, dict):
-        return build_config(annotation, **value)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            if dataclasses.is_dataclass(value):
+                return value
+            raise _BadValue(key, f"expected a table ([{key}]), got {value!r}")
+        try:
+            return build_config(annotation, **value)
+        except _BadValue as e:
+            raise _BadValue(f"{key}.{e.key}", e.problem) from None
     return value
 
 
@@ -75,7 +122,7 @@ def build_config(cls: type[T], toml_path: str | Path | None = None, **overrides:
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
-    return cls(**{k: _coerce(v, hints[k]) for k, v in values.items()})
+    return cls(**{k: _coerce(v, hints[k], k) for k, v in values.items()})
 
 
 def to_toml_dict(config: Any) -> dict[str, Any]:

@@ -150,6 +150,30 @@ def _check_conditioning(models: list[ModelSpec], jobs: list[Job], image: Path | 
         load_condition(image)  # fails now, not after the first model's images
 
 
+def _check_seeds(jobs: list[Job]) -> None:
+    """Every image's seed within what ``--seed`` itself takes (seed + p * num_images + i may pass 2**63)."""
+    over = next((j for j in jobs if not 0 <= j.seed < 2**63), None)
+    if over is not None:
+        raise UserError(
+            f"prompt {over.prompt_index + 1}, image {over.image_index + 1} would get seed {over.seed}, past 2**63 - 1: "
+            "lower --seed (or the prompts' own seeds) or --num-images"
+        )
+
+
+def warn_long_prompts(tokenizer: Any, jobs: list[Job]) -> None:
+    """One warning when prompts (or negative prompts) are longer than the text encoder takes: CLIP cuts them."""
+    limit = tokenizer.model_max_length
+    texts = sorted({t for j in jobs for t in (j.prompt, j.negative_prompt) if t})
+    lengths = {t: len(tokenizer(t, truncation=False).input_ids) for t in texts}
+    long = [t for t in texts if lengths[t] > limit]
+    if long:
+        worst = max(long, key=lengths.get)
+        log.warning(
+            "%d prompt(s) are longer than the text encoder's %d tokens and are cut there (the longest has %d: %r)",
+            len(long), limit, lengths[worst], worst[:80] + ("…" if len(worst) > 80 else ""),
+        )  # fmt: skip
+
+
 def _wants_cpu(device: str) -> bool:
     import torch
 
@@ -179,6 +203,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
 
     specs = read_prompts(config.prompts + prompt_set(config.prompt_set), config.prompts_file)
     jobs = make_jobs(specs, config.num_images, config.seed, config.negative_prompt)
+    _check_seeds(jobs)
     models = resolve_models(config.controlnet, config.compare, config.lora)
     _check_conditioning(models, jobs, config.condition_image)
     location, _ = resolve_model(config.model)  # prints the tiny model's notice
@@ -244,6 +269,7 @@ def _draw_all(
     dtype = P.resolve_dtype(config.dtype, device)
     quiet_loading()
     comps = load_components(location, config.model_config, dtype)
+    warn_long_prompts(comps.tokenizer, [j for _, js in todo for j in js])
     for m, _ in todo:  # every adapter must fit before any image is drawn
         if m.branch is not None:
             check_branch_fits(ControlNetModel.load_config(str(m.branch)), comps.unet.config, m.branch)

@@ -30,6 +30,7 @@ Features (the diffusers ``train_controlnet.py`` baseline and past it):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -157,6 +158,8 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise UserError(f"{name.replace('_', '-')} must be > 0 (got {value})")
+        if not 0 <= self.seed < 2**32:  # numpy's seed (accelerate's set_seed) takes 32 bits
+            raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise UserError(f"max-steps must be > 0 (got {self.max_steps})")
         for name in ("checkpoint_every", "keep_checkpoints", "validate_every", "lr_warmup_steps", "workers"):
@@ -491,6 +494,7 @@ def batches(run: Run, start: int = 0) -> torch.utils.data.DataLoader:
         num_workers=workers,
         pin_memory=on_gpu,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=_ignore_stop_signals if workers else None,
     )
 
 
@@ -501,8 +505,19 @@ def loader_workers(workers: int | None, device: torch.device, processes: int) ->
     return min(8, (os.cpu_count() or 1) // max(1, processes)) if device.type == "cuda" else 0
 
 
-def fit(run: Run) -> dict[str, Any]:
-    """The training loop; returns the final state (step, skipped, last metrics).
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which stops cleanly (humanfix.signals)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def fit(run: Run, stop: Any = None) -> dict[str, Any]:
+    """The training loop; returns the final state (step, skipped, last metrics, ``steps_run``, ``skipped_run``).
+
+    ``stop`` (a :class:`humanfix.signals.StopFlag`): once raised, the update in flight is finished, a checkpoint
+    written and :class:`humanfix.signals.Interrupted` raised. A run resumed at its last step runs nothing.
 
     An update is queued on the device without waiting for it: its numbers (terms, gradient norm, whether it
     was applied) are read one update later, when the device has long finished it, and at checkpoints,
@@ -521,6 +536,10 @@ def fit(run: Run) -> dict[str, Any]:
     acc.wait_for_everyone()
 
     step = state["step"]
+    start = {"step": step, "skipped": state["nonfinite_total"]}
+    if step >= run.total_steps:  # a finished run, resumed (a requeue): nothing to do, and nothing changes
+        return {**state, "last": {}, "steps_run": 0, "skipped_run": 0}
+    stop_votes: list[Any] = []  # several processes: the queued all-reduced stop flags (see _stop_agreed)
     micro = step * cfg.gradient_accumulation_steps
     progress = Progress(
         TextColumn("[bold]train"),
@@ -539,10 +558,12 @@ def fit(run: Run) -> dict[str, Any]:
     clock = {"tick": time.perf_counter()}
 
     def finish() -> None:
-        """Read the queued update's numbers: count, warn, stop, log."""
+        """Read the queued update's numbers: count, warn, stop, log; advance the LR schedule if it was applied."""
         nonlocal last
         for update in pending:
             last = _log_update(run, state, update, images_per_update, clock, metrics_path)
+            if not last["skipped"]:  # a skipped update holds the schedule (the next one gets the same rate)
+                _advance_scheduler(run)
             progress.update(
                 task, completed=last["step"], info=f"loss {last['loss']:.4f} · {last['images_per_s']:.2f} img/s"
             )
@@ -558,16 +579,18 @@ def fit(run: Run) -> dict[str, Any]:
                 sums = out.sums() if sums is None else sums + out.sums()
                 acc.backward(out.total)
                 if acc.sync_gradients:
+                    # The previous update, done on the device by now (this one's backward is queued behind it):
+                    # read it before this update takes its learning rate, so a skipped one holds the schedule.
+                    finish()
+                    lr = run.optimizer.param_groups[0]["lr"]  # the rate this update uses, logged with it
                     update = _apply_update(run, run.params, sums)
-                run.lr_scheduler.step()
                 run.optimizer.zero_grad(set_to_none=True)
             if not acc.sync_gradients:
                 continue
             sums = None
             step += 1
-            finish()  # the previous update: done on the device by now, or nearly
             pending.append({**update, "step": step, "epoch": (micro - 1) // run.batches_per_epoch,
-                            "lr": run.lr_scheduler.get_last_lr()[0], "queued": time.perf_counter()})  # fmt: skip
+                            "lr": lr, "queued": time.perf_counter()})  # fmt: skip
             state["step"] = step
             checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
             validation = cfg.validate_every and step % cfg.validate_every == 0
@@ -579,8 +602,42 @@ def fit(run: Run) -> dict[str, Any]:
                 validate(run, step)
             if step >= run.total_steps:
                 break
+            if stop is not None and _stop_agreed(acc, stop, stop_votes):
+                finish()
+                _stop_with_checkpoint(run, state, stop, saved=bool(checkpoint))
     print(f"rank {acc.process_index}/{acc.num_processes} finished at step {step}", file=sys.stderr)
-    return {**state, "last": last}
+    return {**state, "last": last, "steps_run": step - start["step"],
+            "skipped_run": state["nonfinite_total"] - start["skipped"]}  # fmt: skip
+
+
+def _stop_agreed(acc: Any, stop: Any, votes: list[Any]) -> bool:
+    """Whether every process stops after this update. One process: the flag itself. Several: each queues an
+    all-reduce of its flag (a fill kernel and a collective, no host sync) and reads the one queued an update
+    earlier, which the device has finished by now; every process reads the same sum, so all stop together."""
+    if acc.num_processes == 1:
+        return bool(stop)
+    flag = torch.full((1,), float(stop.signum), device=acc.device)
+    votes.append(_read_later(acc.reduce(flag, reduction="sum")))
+    if len(votes) < 2:
+        return False
+    agreed = votes.pop(0)()[0] > 0
+    if agreed and not stop:
+        stop.signum = 15  # another process was signalled: stop as for SIGTERM
+    return agreed
+
+
+def _stop_with_checkpoint(run: Run, state: dict[str, Any], stop: Any, saved: bool) -> None:
+    """Write a checkpoint at this update (unless one was just written), say where and how to resume, stop."""
+    from humanfix.signals import Interrupted
+
+    path = Path(run.config.output) / CHECKPOINTS / f"step-{state['step']:08d}"
+    if not saved:
+        save_checkpoint(run, state)
+    raise Interrupted(
+        f"{stop.name} at step {state['step']}/{run.total_steps}: checkpoint saved to {path}; "
+        "rerun the same command with --resume latest to continue",
+        stop.signum,
+    )
 
 
 def _apply_update(run: Run, params: list[torch.Tensor], sums: torch.Tensor) -> dict[str, Any]:
@@ -589,9 +646,10 @@ def _apply_update(run: Run, params: list[torch.Tensor], sums: torch.Tensor) -> d
     The decision is taken on the device: one reduction gives every process the same statistics (SUM_KEYS,
     then the gradient norm), and fused AdamW skips the step when told ``found_inf`` (no host sync). An
     optimizer without that (8-bit AdamW) asks the host. Under fp16's dynamic loss scaling, an overflowing
-    gradient is the scaler's to skip (it lowers the scale and tries again).
-    Returns the device statistics (with a last entry 1.0 where the update was not applied) and, under the
-    scaler, whether it skipped.
+    gradient is the scaler's to skip (it lowers the scale and tries again): its found_inf comes from the same
+    unscaled gradients whose norm is in the statistics, so the reduced flag says whether it skipped.
+    Returns the device statistics, read later: SUM_KEYS, the gradient norm, 1.0 where the update was not
+    applied, and under the scaler the loss scale this update ran at; ``scaled`` says whether there is one.
     """
     acc, cfg = run.accelerator, run.config
     norm = acc.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # inf: measure only
@@ -599,17 +657,24 @@ def _apply_update(run: Run, params: list[torch.Tensor], sums: torch.Tensor) -> d
     stats = acc.reduce(torch.cat([sums, norm.reshape(1)]), reduction="sum")
     bad = ~(torch.isfinite(stats[0]) & torch.isfinite(stats[-1]))
     inner = run.optimizer.optimizer
-    scaler_skipped = None
+    flags = [bad.double().reshape(1)]
     if acc.scaler is not None:
+        flags.append(acc.scaler._get_scale_async().double().reshape(1))  # before update() changes it; no sync
         run.optimizer.step()
-        scaler_skipped = acc.optimizer_step_was_skipped
     elif inner.defaults.get("fused"):
         inner.found_inf = bad.float()
         run.optimizer.step()
         del inner.found_inf
     elif not bad.item():
         run.optimizer.step()
-    return {"stats": _read_later(torch.cat([stats, bad.double().reshape(1)])), "scaler_skipped": scaler_skipped}
+    return {"stats": _read_later(torch.cat([stats, *flags])), "scaled": acc.scaler is not None}
+
+
+def _advance_scheduler(run: Run) -> None:
+    """One applied update on the LR schedule (set up with a factor of the process count, as diffusers does)."""
+    inner = getattr(run.lr_scheduler, "scheduler", run.lr_scheduler)
+    for _ in range(run.accelerator.num_processes):
+        inner.step()
 
 
 def _read_later(values: torch.Tensor) -> Any:
@@ -636,10 +701,13 @@ def _log_update(
 
     cfg, acc = run.config, run.accelerator
     values = update["stats"]()
+    scale = values.pop() if update["scaled"] else None
     totals, grad_norm, bad = dict(zip(SUM_KEYS, values[:-2], strict=True)), values[-2], values[-1] > 0
     loss_ok = math.isfinite(totals["loss"])
-    nonfinite = not loss_ok or (bad and update["scaler_skipped"] is None)
-    overflow = loss_ok and bool(update["scaler_skipped"])
+    # fp16: a finite loss whose gradient overflows is the scaler's (it skips and halves the scale), unless the
+    # scale is down to 1 or below, where the gradient is non-finite by itself and the stop rule applies.
+    overflow = scale is not None and loss_ok and bad
+    nonfinite = not loss_ok or (bad and (scale is None or scale <= 1.0))
     step = update["step"]
     if nonfinite:
         state["nonfinite_total"] += 1
@@ -663,7 +731,7 @@ def _log_update(
         "loss_face": totals["face"] / totals["n_face"] if totals["n_face"] else math.nan,
         "gated_fraction": totals["n_gated"] / n,
         "grad_norm": grad_norm / acc.num_processes,
-        "skipped": nonfinite or overflow,
+        "skipped": bad or nonfinite,
         "lr": update["lr"],
         "images_per_s": images / (update["queued"] - clock["tick"]),  # the host runs at most an update ahead
         "peak_memory_gb": peak_memory_gb(acc.device),
@@ -711,35 +779,87 @@ def checkpoint_dirs(output: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str, output: Path) -> Path:
+    """The checkpoint to resume from, checked (:mod:`humanfix.checkpointing`): ``latest`` falls back to the newest
+    one that checks out, saying which it skipped and why; a damaged PATH stops with one line naming its file."""
+    from humanfix.checkpointing import problem
+
     if resume == "latest":
         found = checkpoint_dirs(output)
         if not found:
             raise UserError(f"--resume latest: no checkpoint in {output / CHECKPOINTS}")
-        return found[-1]
+        first = None
+        for path in reversed(found):
+            wrong = problem(path, STATE_FILE)
+            if wrong is None:
+                return path
+            first = first or wrong
+            log.warning("--resume latest: skipping %s (%s); trying the previous checkpoint", path.name, wrong)
+        raise UserError(f"--resume latest: no checkpoint in {output / CHECKPOINTS} loads cleanly ({first})")
     path = Path(resume).expanduser()
     if not (path / STATE_FILE).is_file():
         raise UserError(f"--resume {path}: not a humanfix checkpoint ({STATE_FILE} not found)")
+    wrong = problem(path, STATE_FILE)
+    if wrong is not None:
+        raise UserError(f"--resume {path}: {wrong}")
     return path
+
+
+def clean_leftovers(output: Path) -> None:
+    """Remove the temporary folders a killed run left (``checkpoints/.tmp-step-N``, ``.tmp-controlnet`` …)."""
+    for tmp in [*(output / CHECKPOINTS).glob(".tmp-step-*"), *(output / f".tmp-{a}" for a in ADAPTERS)]:
+        if tmp.is_dir():
+            log.info("removing %s, left by an interrupted run", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_checkpoint(run: Run, state: dict[str, Any]) -> Path | None:
     """Write ``checkpoints/step-N`` atomically: everything goes into a temporary folder, renamed when complete.
 
-    A process killed mid-save leaves only a ``.tmp-step-N`` folder, which resume ignores.
+    A process killed mid-save leaves only a ``.tmp-step-N`` folder, which resume ignores (and the next run
+    removes). Non-finite weights are never saved. On a full disk, the checkpoints this save would rotate out
+    anyway are deleted first when that is safe (:func:`humanfix.checkpointing.rotatable`), saying so, and the
+    save tried once more; otherwise one line names the folder and the room needed.
     """
-    acc = run.accelerator
-    root = Path(run.config.output) / CHECKPOINTS
+    from humanfix.checkpointing import all_finite, rotatable, write_checksums
+    from humanfix.diskfull import disk_full_error, folder_bytes, is_disk_full
+
+    acc, output = run.accelerator, Path(run.config.output)
+    root = output / CHECKPOINTS
     final = root / f"step-{state['step']:08d}"
     tmp = root / f".tmp-step-{state['step']:08d}"
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    if not all_finite(run.params):
+        raise TrainingStopped(
+            f"the adapter's weights hold non-finite values at step {state['step']}: no checkpoint written "
+            "(the last one is intact; resume from it with a lower --learning-rate)"
+        )
+    for attempt in (0, 1):
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        try:
+            acc.save_state(str(tmp))
+            if acc.is_main_process:
+                write_checksums(tmp)
+                (tmp / STATE_FILE).write_text(json.dumps(state))
+        except Exception as e:
+            if not is_disk_full(e):
+                raise
+            written = folder_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            existing = checkpoint_dirs(output)
+            needed = folder_bytes(existing[-1]) if existing else written
+            old = rotatable(existing, run.config.keep_checkpoints) if attempt == 0 else []
+            if not old:
+                raise disk_full_error(root, needed, f"checkpoint step {state['step']}") from None
+            for path in old:
+                log.warning("disk full: deleting %s (it would be rotated out by this save) to make room", path)
+                shutil.rmtree(path)
+            continue
+        break
     acc.wait_for_everyone()
     if not acc.is_main_process:
         return None
-    (tmp / STATE_FILE).write_text(json.dumps(state))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -751,8 +871,17 @@ def save_checkpoint(run: Run, state: dict[str, Any]) -> Path | None:
 
 
 def load_checkpoint(run: Run, path: Path) -> dict[str, Any]:
-    run.accelerator.load_state(str(path))
-    state = json.loads((path / STATE_FILE).read_text())
+    """Load a checked checkpoint (:func:`resolve_resume`); a load that still fails, or non-finite weights, stop."""
+    from humanfix.checkpointing import all_finite, read_state
+
+    state = read_state(path, STATE_FILE)
+    try:
+        run.accelerator.load_state(str(path))
+    except Exception as e:
+        first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise UserError(f"checkpoint {path} does not load: {first}") from None
+    if not all_finite(run.params):
+        raise UserError(f"checkpoint {path} holds non-finite adapter weights: resume from an earlier one")
     log.info("resumed from %s at step %d", path, state["step"])
     return state
 
@@ -818,12 +947,15 @@ def save_adapter(run: Run) -> Path:
     ``OUTPUT/controlnet/``: the branch in the diffusers layout (fp32). ``OUTPUT/lora/``: the LoRA as the diffusers
     file and the kohya single file (:mod:`humanfix.models.lora`).
     """
+    from humanfix.checkpointing import all_finite
     from humanfix.models.lora import kohya_metadata, save_diffusers_lora, write_kohya_lora
     from humanfix.models.pipeline import write_branch_meta
 
     acc, cfg = run.accelerator, run.config
     acc.wait_for_everyone()
     final = Path(cfg.output) / cfg.adapter
+    if not all_finite(run.params):
+        raise TrainingStopped(f"the trained {cfg.adapter} holds non-finite weights: not saved to {final}")
     if not acc.is_main_process:
         return final
     tmp = Path(cfg.output) / f".tmp-{cfg.adapter}"
@@ -865,18 +997,31 @@ def save_config(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig) -> Path:
-    """Run training; returns ``OUTPUT/controlnet`` or ``OUTPUT/lora``."""
-    from humanfix.devices import deterministic_algorithms, tf32
+    """Run training; returns ``OUTPUT/controlnet`` or ``OUTPUT/lora``.
 
-    with deterministic_algorithms(config.deterministic), tf32(config.allow_tf32):
+    The output folder is locked for the run (:mod:`humanfix.runlock`, rank 0), and SIGINT/SIGTERM stop it
+    with a checkpoint (:mod:`humanfix.signals`).
+    """
+    from humanfix.devices import deterministic_algorithms, tf32
+    from humanfix.runlock import hold
+    from humanfix.signals import graceful_stop
+
+    rank0 = os.environ.get("RANK", "0") == "0"
+    with (
+        hold(config.output, "train") if rank0 else contextlib.nullcontext(),
+        deterministic_algorithms(config.deterministic),
+        tf32(config.allow_tf32),
+    ):
         run = setup(config)
         acc = run.accelerator
         if acc.is_main_process:
             Path(config.output).mkdir(parents=True, exist_ok=True)
+            clean_leftovers(Path(config.output))
             save_config(config)
         try:
-            final_state = fit(run)
-            path = save_adapter(run)
+            with graceful_stop() as stop:  # only around the loop: Ctrl-C while loading models stops at once
+                final_state = fit(run, stop)
+            path = _finish(run, final_state)
         finally:
             acc.end_training()
     if acc.is_main_process:
@@ -889,3 +1034,30 @@ def train(config: TrainConfig) -> Path:
             path,
         )
     return path
+
+
+def _finish(run: Run, final: dict[str, Any]) -> Path:
+    """Save the adapter, unless nothing was learnt: a run resumed at its end (already saved) changes nothing,
+    and a run whose every update was skipped as non-finite is an error, not a result."""
+    cfg = run.config
+    saved = Path(cfg.output) / cfg.adapter
+    if final["steps_run"] == 0 and (saved / "humanfix.json").is_file():
+        log.warning("this run had already finished (step %d of %d): nothing to do; %s is unchanged",
+                    final["step"], run.total_steps, saved)  # fmt: skip
+        return saved
+    if final["steps_run"] and final["skipped_run"] == final["steps_run"]:
+        raise TrainingStopped(
+            f"every update of this run ({final['steps_run']}) was skipped as non-finite: nothing learnt, "
+            f"nothing saved to {saved} (lower --learning-rate, check the data and the loss weights)"
+        )
+    try:
+        return save_adapter(run)
+    except Exception as e:
+        from humanfix.diskfull import disk_full_error, is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        shutil.rmtree(Path(cfg.output) / f".tmp-{cfg.adapter}", ignore_errors=True)
+        needed = sum(p.numel() * p.element_size() for p in run.params) * (2 if cfg.adapter == "lora" else 1)
+        advice = "the checkpoints are intact: free some space and rerun the same command with --resume latest"
+        raise disk_full_error(Path(cfg.output), needed, f"the trained {cfg.adapter}", advice) from None

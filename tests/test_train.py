@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from humanfix.config import build_config
 from humanfix.errors import UserError
@@ -338,6 +339,90 @@ def test_a_nonfinite_gradient_under_a_finite_loss_skips_the_update(prepared_set,
     assert all(torch.isfinite(v).all() for v in final.values())
 
 
+@pytest.fixture
+def fp16_scaler(monkeypatch):
+    """``fp16_scaler(init_scale)``: the next ``setup`` trains under a ``torch.amp.GradScaler`` as accelerate uses it
+    for fp16 on CUDA (scaled backward, unscale before clipping, the scaler's step for the fused AdamW), on the CPU
+    and in fp32 (CPU fp16 has no autocast). Returns the list that receives the scaler."""
+    from accelerate.optimizer import patch_optimizer_step
+
+    import humanfix.train as train_module
+
+    real, made = train_module.setup, []
+
+    def install(init_scale: float) -> list:
+        def setup(config, components=None):
+            run = real(config, components)
+            acc, opt = run.accelerator, run.optimizer
+            scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+            acc.scaler, acc.native_amp = scaler, True
+            monkeypatch.setattr(acc, "unscale_gradients", lambda optimizer=None: scaler.unscale_(opt.optimizer))
+            opt.scaler, opt._accelerate_step_called = scaler, False
+            opt._optimizer_original_step_method = opt.optimizer.step
+            opt._optimizer_patched_step_method = patch_optimizer_step(opt, opt.optimizer.step)
+            made.append(scaler)
+            return run
+
+        monkeypatch.setattr(train_module, "setup", setup)
+        return made
+
+    return install
+
+
+def nan_gradient(run, out):
+    """The loss stays finite (+0); its gradient is 0 × ∞ = NaN in every branch weight."""
+    first = next(p for p in run.controlnet.parameters() if p.requires_grad)
+    out.total = out.total + (0 * first.sum()).sqrt()
+
+
+def test_an_fp16_overflow_is_counted_skipped_and_holds_the_lr_schedule(prepared_set, tmp_path, wrap_loss, fp16_scaler):
+    """The fused AdamW skips an overflowed step on the device, so accelerate never sees it skipped: the count, the
+    ``skipped`` flag and the LR schedule come from the reduced flag. The logged ``lr`` is the one the update used."""
+    scalers = fp16_scaler(init_scale=2.0**10)
+    wrap_loss(lambda n, run, out: nan_gradient(run, out) if n == 2 else None)
+    out = tmp_path / "run"
+    train(config(prepared_set, out, lr_scheduler="linear", learning_rate=1e-4, checkpoint_every=1, keep_checkpoints=0))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [False, True, False, False]
+    assert [r["overflow_total"] for r in rows] == [0, 1, 1, 1]
+    assert [r["nonfinite_total"] for r in rows] == [0, 0, 0, 0]
+    # linear over 4 updates: 1e-4, 0.75e-4 (skipped: the schedule holds), 0.75e-4 again, 0.5e-4
+    assert [r["lr"] for r in rows] == pytest.approx([1e-4, 0.75e-4, 0.75e-4, 0.5e-4])
+    assert scalers[0].get_scale() == 2.0**9  # the scaler saw the overflow and halved its scale
+    one, two, *_ = (load_file(p / "model.safetensors") for p in checkpoint_dirs(out))
+    assert all(torch.equal(one[k], two[k]) for k in one)  # the overflowed update changed nothing
+    state = json.loads((checkpoint_dirs(out)[-1] / "trainer_state.json").read_text())
+    assert state["overflow_total"] == 1
+
+
+def test_an_fp16_gradient_that_stays_nonfinite_stops_the_run(prepared_set, tmp_path, wrap_loss, fp16_scaler):
+    """Overflows are the scaler's while it can lower the scale; at a scale of 1 or below the gradient is non-finite
+    by itself, and --max-nonfinite-steps of those in a row stop the run as in every other precision."""
+    fp16_scaler(init_scale=4.0)
+    wrap_loss(lambda n, run, out: nan_gradient(run, out))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped, match="non-finite 2 times in a row"):
+        train(config(prepared_set, out, max_steps=10, max_nonfinite_steps=2, checkpoint_every=0))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    # at scales 4, 2 and 1 (the first non-finite one); the stopping update (scale 0.5) is not logged
+    assert [r["skipped"] for r in rows] == [True] * 3
+    assert [r["overflow_total"] for r in rows] == [1, 2, 3]
+    assert [r["nonfinite_total"] for r in rows] == [0, 0, 1]
+
+
+@pytest.mark.gpu
+def test_an_fp16_overflow_on_cuda_is_counted_skipped_and_holds_the_lr_schedule(prepared_set, tmp_path, wrap_loss):
+    """The same as the CPU test above under accelerate's own fp16 GradScaler and fused AdamW on CUDA."""
+    wrap_loss(lambda n, run, out: nan_gradient(run, out) if n == 2 else None)
+    out = tmp_path / "run"
+    train(config(prepared_set, out, mixed_precision="fp16", lr_scheduler="linear", learning_rate=1e-4))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows][:3] == [False, True, False]
+    assert rows[-1]["overflow_total"] >= 1 and rows[1]["overflow_total"] == 1
+    assert [r["nonfinite_total"] for r in rows] == [0, 0, 0, 0]
+    assert rows[0]["lr"] == pytest.approx(1e-4) and rows[2]["lr"] == pytest.approx(rows[1]["lr"])
+
+
 def test_gradient_accumulation_counts_and_logs_per_update(prepared_set, tmp_path, wrap_loss, caplog):
     losses = []
 
@@ -467,6 +552,75 @@ def test_deterministic_resume_is_bit_exact_on_cuda(prepared_set, tmp_path, fresh
     a = load_file(straight / "diffusion_pytorch_model.safetensors")
     b = load_file(resumed / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class DeviceWaits(TorchDispatchMode):
+    """Records, per op, what makes the host wait for an accelerator: a read of a device value (``.item()``,
+    ``bool()``, ``float()``: ``_local_scalar_dense``), a copy from the device to the host, and a blocking copy from
+    the host to the device (a pageable ``.to(device)`` waits for the device's queue; ``non_blocking=True`` does not).
+    Draws from a CPU generator (diffusers' ``randn_tensor``) are left out: training draws on the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device, self.found = device, []
+
+    def _record(self, what: str) -> None:
+        import traceback
+
+        stack = traceback.extract_stack()
+        if not any(f.name == "randn_tensor" for f in stack):
+            self.found.append(f"{what} at " + " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in stack[-12:]))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs, aten, dev = kwargs or {}, torch.ops.aten, self.device.type
+        if func is aten._local_scalar_dense.default:
+            self._record("a host read of a device value")
+            return 0.0 if args[0].is_floating_point() else 0  # the meta device has no values: go on, record all
+        if func is aten._to_copy.default:
+            src, dst = args[0].device.type, torch.device(kwargs.get("device") or args[0].device).type
+            if src == "cpu" and dst == dev and not kwargs.get("non_blocking", False):
+                self._record("a blocking host-to-device copy")
+            if src == dev and dst == "cpu":
+                self._record("a device-to-host copy")
+        if func is aten.copy_.default:
+            (dst, src), blocking = args[:2], not (args[2] if len(args) > 2 else kwargs.get("non_blocking", False))
+            if src.device.type == "cpu" and dst.device.type == dev and blocking:
+                self._record("a blocking host-to-device copy")
+            if src.device.type == dev and dst.device.type == "cpu":
+                self._record("a device-to-host copy")
+        return func(*args, **kwargs)
+
+
+def test_a_training_step_never_waits_for_the_device_without_a_gpu(prepared_set, tmp_path):
+    """The loss and its backward (every perceptual term gated in) run on the meta device, a device with no values
+    whose copies from the CPU are real dispatches, under :class:`DeviceWaits`: the class of bug that makes a GPU
+    step wait (a host read, a blocking copy inside the step) shows here without a GPU.
+    (It caught ``torch.tensor(area).to(device)`` in the perceptual loss.)"""
+    import dataclasses
+    import types
+
+    from humanfix.train import StepRandom, batches, compute_loss, setup
+
+    objective = {"lambda_lpips": 0.5, "lambda_face": 0.3, "timestep_threshold": 1000}
+    run = setup(config(prepared_set, tmp_path / "run", objective=objective))
+    meta = torch.device("meta")
+    for module in (run.components.vae, run.components.unet, run.components.text_encoder, run.trainable, run.objective):
+        module.to(meta)
+    on_meta = dataclasses.replace(run, accelerator=types.SimpleNamespace(device=meta))
+    loader = iter(batches(run))
+
+    def step(k):
+        g = StepRandom(torch.Generator().manual_seed(k), torch.Generator().manual_seed(k))
+        out = compute_loss(on_meta, next(loader), g)
+        out.total.backward()
+        return out
+
+    step(0)  # first use: the noise schedule moves to the device once, as on a GPU
+    waits = DeviceWaits(meta)
+    with waits:
+        out = step(1)
+    assert out.total.device == meta and out.sums().device == meta
+    assert waits.found == []
 
 
 @pytest.mark.gpu

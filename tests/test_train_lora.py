@@ -215,7 +215,7 @@ def test_two_cpu_processes_checkpoint_and_resume_the_lora_exactly(prepared_set, 
     launch(tmp_path / "resumed", 2, free_port, "--checkpoint-every", "2")
     assert {p.name for p in (tmp_path / "resumed" / "checkpoints" / "step-00000002").iterdir()} == {
         LORA_WEIGHTS, "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin",
-        "trainer_state.json",
+        "trainer_state.json", "checksums.json",
     }  # fmt: skip
     resumed = launch(tmp_path / "resumed", 3, free_port, "--resume", "latest")
     a, b = load_file(straight), load_file(resumed)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from pycocotools import mask as mask_utils
 
 from humanfix.errors import UserError
 
+log = logging.getLogger(__name__)
+
 PERSON_CATEGORY = 1
 
 # Reasons an image is dropped by the annotation filter, in the order they are tested.
@@ -34,6 +38,8 @@ CROWD = "crowd"  # has a crowd annotation and crowds are skipped
 SMALL_PERSONS = "small_persons"  # every non-crowd person is below --min-person-area
 TOO_MANY_PERSONS = "too_many_persons"  # more than --max-persons persons above --min-person-area
 LOW_COVERAGE = "low_coverage"  # union of person masks below --min-coverage
+MALFORMED_IMAGE = "malformed_image"  # the image entry lacks a positive integer width/height, an id or a file_name
+MALFORMED_ANNOTATION = "malformed_annotation"  # a person without a valid bbox/segmentation, or with bad keypoints
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,10 @@ def load_captions(path: str | Path) -> dict[int, list[str]]:
     data = load_json(path, "captions file")
     by_image: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for a in data["annotations"]:
-        text = str(a.get("caption", "")).strip()
-        if text:
-            by_image[a["image_id"]].append((a.get("id", 0), text))
+        caption = a.get("caption") if isinstance(a, dict) else None
+        text = caption.strip() if isinstance(caption, str) else ""  # null or a number is no caption, not "None"
+        if text and isinstance(a.get("image_id"), int):
+            by_image[a["image_id"]].append((a.get("id", 0) if isinstance(a.get("id", 0), int) else 0, text))
     return {k: [t for _, t in sorted(v)] for k, v in by_image.items()}
 
 
@@ -156,11 +163,76 @@ def select(data: dict[str, Any], filters: Filters) -> Selection:
     with _no_gc():
         by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for a in data["annotations"]:
-            if a.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY:
-                by_image[a["image_id"]].append(a)
-        for im in sorted(data["images"], key=lambda im: im["id"]):
-            _select_one(im, by_image.get(im["id"]), filters, sel)
+            if isinstance(a, dict) and a.get("category_id", PERSON_CATEGORY) == PERSON_CATEGORY:
+                by_image[a.get("image_id")].append(a)
+        images = []
+        for im in data["images"]:
+            if _malformed_image(im):
+                sel.dropped[MALFORMED_IMAGE] += 1
+                _warn_malformed(sel, f"image entry {str(im)[:120]}: {_malformed_image(im)}")
+            else:
+                images.append(im)
+        for im in sorted(images, key=lambda im: im["id"]):
+            anns = by_image.get(im["id"])
+            wrong = next((w for a in anns or [] if (w := _malformed_annotation(a, im))), None)
+            if wrong:
+                sel.dropped[MALFORMED_ANNOTATION] += 1
+                _warn_malformed(sel, f"image {im['id']}: {wrong}")
+                continue
+            _select_one(im, anns, filters, sel)
     return sel
+
+
+def _warn_malformed(sel: Selection, what: str) -> None:
+    """The first few malformed entries, each one line (all of them are counted in the summary)."""
+    n = sel.dropped[MALFORMED_IMAGE] + sel.dropped[MALFORMED_ANNOTATION]
+    if n <= 5:
+        log.warning("skipped, malformed: %s%s", what, " (further ones are only counted)" if n == 5 else "")
+
+
+def _positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _malformed_image(im: Any) -> str | None:
+    """Why a COCO image entry cannot be used, or None."""
+    if not isinstance(im, dict):
+        return "not a JSON object"
+    if not isinstance(im.get("id"), int) or isinstance(im.get("id"), bool):
+        return f"id must be an integer, got {im.get('id')!r}"
+    if not (_positive_int(im.get("width")) and _positive_int(im.get("height"))):
+        return f"width and height must be positive integers, got {im.get('width')!r} × {im.get('height')!r}"
+    if not isinstance(im.get("file_name"), str) or not im["file_name"]:
+        return f"file_name must be a non-empty string, got {im.get('file_name')!r}"
+    return None
+
+
+def _malformed_annotation(a: dict[str, Any], im: dict[str, Any]) -> str | None:
+    """Why a person annotation cannot be used (its mask, box or keypoints would be wrong), or None."""
+    aid = a.get("id", "?")
+    box = a.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4 and all(map(_number, box))):
+        return f"annotation {aid}: bbox must be [x, y, width, height] numbers, got {box!r}"
+    if box[2] <= 0 or box[3] <= 0:
+        return f"annotation {aid}: bbox has a width or height <= 0: {box}"
+    if a.get("iscrowd", 0) not in (0, 1, True, False):
+        return f"annotation {aid}: iscrowd must be 0 or 1, got {a.get('iscrowd')!r}"
+    seg = a.get("segmentation")
+    if not (isinstance(seg, list) and all(isinstance(p, list) and all(map(_number, p)) for p in seg)) and not (
+        isinstance(seg, dict) and "counts" in seg and "size" in seg
+    ):
+        return f"annotation {aid}: segmentation must be polygons or an RLE, got {str(seg)[:60]}"
+    if "area" in a and not _number(a["area"]):
+        return f"annotation {aid}: area must be a number, got {a['area']!r}"
+    kps = a.get("keypoints")
+    if kps is not None and not (isinstance(kps, list) and len(kps) in (0, 51) and all(map(_number, kps))):
+        n = len(kps) if isinstance(kps, list) else type(kps).__name__
+        return f"annotation {aid}: keypoints must be 17 × (x, y, v) = 51 numbers, got {n}"
+    return None
 
 
 def _select_one(im: dict[str, Any], anns: list[dict[str, Any]] | None, filters: Filters, sel: Selection) -> None:

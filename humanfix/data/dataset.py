@@ -39,6 +39,10 @@ class PreparedDataset(torch.utils.data.Dataset):
         (self.width, self.height) = sizes.pop()
         if self.width % 8 or self.height % 8:
             raise UserError(f"{self.root}: image size {self.width}×{self.height} is not a multiple of 8")
+        missing = next((p for r in self.records for p in (r.file_name, r.mask_file_name)
+                        if not (self.root / p).is_file()), None)  # fmt: skip
+        if missing is not None:
+            raise UserError(f"{self.root / 'metadata.jsonl'} names {missing}, which is not in {self.root}")
         self.conditioning = conditioning
         self.latents: Any = None  # a LatentCache over these records, once train builds one
 
@@ -47,12 +51,12 @@ class PreparedDataset(torch.utils.data.Dataset):
 
     def image(self, index: int) -> torch.Tensor:
         """Record ``index``'s image: 3×H×W float in [-1, 1]."""
-        image = np.asarray(Image.open(self.root / self.records[index].file_name).convert("RGB"), dtype=np.float32)
+        image = np.asarray(_open(self.root / self.records[index].file_name, "RGB"), dtype=np.float32)
         return torch.from_numpy(image).permute(2, 0, 1) / 127.5 - 1.0
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
-        mask = np.asarray(Image.open(self.root / rec.mask_file_name).convert("L"), dtype=np.float32)
+        mask = np.asarray(_open(self.root / rec.mask_file_name, "L"), dtype=np.float32)
         pixel_values = self.image(index)
         mask_t = torch.from_numpy((mask > 127).astype(np.float32))[None]
         if self.conditioning == "pose":
@@ -73,6 +77,15 @@ class PreparedDataset(torch.utils.data.Dataset):
         if self.latents is not None:
             item["latent_params"] = self.latents[index]
         return item
+
+
+def _open(path: Path, mode: str) -> Image.Image:
+    """An image of the prepared set in ``mode``; one that is not an image (truncated, text) is a UserError."""
+    try:
+        with Image.open(path) as f:
+            return f.convert(mode)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{path} is not a readable image ({e}): prepare the set again") from None
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

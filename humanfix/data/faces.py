@@ -126,6 +126,8 @@ def detect_faces(image: Any, min_size: float = 20.0) -> list[tuple[Box, float]]:
     """
     import torch
 
+    if min(image.size) < 12:  # no face fits (and MTCNN's 12×12 first stage fails on it)
+        return []
     mtcnn = detector()
     mtcnn.min_face_size = max(12, int(min_size))
     with torch.no_grad():

@@ -200,8 +200,18 @@ class Outcome:
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
-    """Run prepare-data for the configured split(s); returns the summary also written to OUT/summary.json."""
+    """Run prepare-data for the configured split(s); returns the summary also written to OUT/summary.json.
+
+    OUT is locked for the run (:mod:`humanfix.runlock`): a second prepare-data into it stops with one line.
+    """
+    from humanfix.runlock import hold
+
     sources = split_sources(config)
+    with hold(config.out, "prepare-data"):
+        return _prepare_locked(config, sources)
+
+
+def _prepare_locked(config: PrepareConfig, sources: list[SplitSources]) -> dict[str, Any]:
     config.out.mkdir(parents=True, exist_ok=True)
     filters = coco.Filters(config.min_coverage, config.min_person_area, config.max_persons, config.skip_crowd)
     started = time.perf_counter()
@@ -252,14 +262,19 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
             records.append(rec)
         else:
             todo.append(job)
-    small_faces = 0
-    for outcome in _run(todo, settings, config.workers, f"{src.split}: {len(todo)} to do, {len(records)} done"):
-        if outcome.record is not None:
-            records.append(outcome.record)
-        else:
-            dropped[outcome.reason] += 1
-        small_faces += outcome.small_faces
-    write_records(split_dir, records)
+    small_faces, done = 0, 0
+    try:
+        for outcome in _run(todo, settings, config.workers, f"{src.split}: {len(todo)} to do, {len(records)} done"):
+            done += 1
+            if outcome.record is not None:
+                records.append(outcome.record)
+            else:
+                dropped[outcome.reason] += 1
+            small_faces += outcome.small_faces
+        write_records(split_dir, records)
+    except Exception as e:
+        _raise_if_disk_full(e, split_dir, len(records), len(todo) - done)
+        raise
 
     faces = Counter(s for r in records for s in r.face_sources)
     hist, _ = np.histogram([r.coverage for r in records], bins=COVERAGE_BINS, range=(0.0, 1.0))
@@ -283,6 +298,16 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
         },  # fmt: skip
         "time_s": round(time.perf_counter() - t0, 2),
     }
+
+
+def _raise_if_disk_full(e: BaseException, split_dir: Path, finished: int, left: int) -> None:
+    """A full disk (ENOSPC) as one line: the folder, about the room the images left need, what to do."""
+    from humanfix.diskfull import disk_full_error, folder_bytes, is_disk_full
+
+    if is_disk_full(e):
+        per_image = folder_bytes(split_dir) / max(1, finished)
+        advice = "free some space and rerun the same command: it resumes where it stopped, finished images kept"
+        raise disk_full_error(split_dir, int(per_image * max(1, left)), f"{left} more image(s)", advice) from None
 
 
 def _claim(split_dir: Path, config: PrepareConfig) -> None:

@@ -49,6 +49,9 @@ class Record:
     person_crop_files: list[str] = field(default_factory=list)  # P paths (empty when crops are off)
 
     def __post_init__(self) -> None:
+        wrong_types = _type_problems(self)
+        if wrong_types:  # the value checks below assume the types
+            raise ValueError(f"record {self.coco_id!r}: " + "; ".join(wrong_types))
         problems = []
         if not isinstance(self.text, list) or not self.text or not all(isinstance(t, str) for t in self.text):
             problems.append("text must be a non-empty list of strings")
@@ -56,6 +59,8 @@ class Record:
             boxes = getattr(self, name)
             if not all(len(b) == 4 and b[0] < b[2] and b[1] < b[3] for b in boxes):
                 problems.append(f"{name} must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
+            elif not all(0 <= b[0] and 0 <= b[1] and b[2] <= self.width and b[3] <= self.height for b in boxes):
+                problems.append(f"{name} must lie inside the {self.width}×{self.height} image")
         if len(self.face_sources) != len(self.face_boxes) or not set(self.face_sources) <= set(FACE_SOURCES):
             problems.append(f"face_sources must give one of {FACE_SOURCES} per face box")
         if len(self.keypoints) != len(self.person_boxes) or any(
@@ -118,6 +123,38 @@ class Record:
             raise ValueError(f"missing keys {missing}")
         optional = ("face_crop_files", "person_crop_files")
         return cls(**{k: d[k] for k in required}, **{k: d[k] for k in optional if k in d})
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _type_problems(r: Record) -> list[str]:
+    """What has the wrong JSON type (a string where a number belongs, null keypoints …), for one clear line."""
+    problems = []
+    for name in ("coco_id", "width", "height"):
+        value = getattr(r, name)
+        if not isinstance(value, int) or isinstance(value, bool) or (name != "coco_id" and value <= 0):
+            problems.append(f"{name} must be a{' positive' if name != 'coco_id' else 'n'} integer, got {value!r}")
+    if not _number(r.coverage):
+        problems.append(f"coverage must be a number, got {r.coverage!r}")
+    for name in ("file_name", "mask_file_name"):
+        if not isinstance(getattr(r, name), str):
+            problems.append(f"{name} must be a string, got {getattr(r, name)!r}")
+    for name in ("face_sources", "face_crop_files", "person_crop_files"):
+        value = getattr(r, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{name} must be a list of strings, got {value!r}")
+    for name in ("person_boxes", "face_boxes"):
+        boxes = getattr(r, name)
+        if not isinstance(boxes, list) or not all(isinstance(b, list) and all(map(_number, b)) for b in boxes):
+            problems.append(f"{name} must be a list of [x0, y0, x1, y1] numbers, got {boxes!r}"[:160])
+    kps = r.keypoints
+    if not isinstance(kps, list) or not all(
+        isinstance(k, list) and all(isinstance(p, list) and all(map(_number, p)) for p in k) for k in kps
+    ):
+        problems.append(f"keypoints must be a list of 17 [x, y, v] numbers per person, got {kps!r}"[:160])
+    return problems
 
 
 def _inside(path: str) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from humanfix.errors import UserError
 from humanfix.evaluate.sets import open_rgb
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class FaceSummary:
         }
 
 
+MTCNN_MIN_SIDE = 12  # the smallest image MTCNN's 12×12 proposal network can look at
+
+
 def load_detector(device: torch.device):
     """MTCNN returning every face (weights from the facenet-pytorch package, no download)."""
     from facenet_pytorch import MTCNN
@@ -73,7 +77,13 @@ def detect_faces(files: Sequence[Path], detector, progress: str | None = None) -
     out = []
     with _progress(progress, len(files)) as advance:
         for f in files:
-            boxes, probs = detector.detect(open_rgb(f))
+            image = open_rgb(f)
+            if min(image.size) < MTCNN_MIN_SIDE:  # MTCNN's first stage needs this much (it fails below)
+                raise UserError(
+                    f"{f} is {image.width}×{image.height} px: too small for face detection (at least "
+                    f"{MTCNN_MIN_SIDE}×{MTCNN_MIN_SIDE})"
+                )
+            boxes, probs = detector.detect(image)
             if boxes is None:
                 out.append(ImageFaces(np.zeros((0, 4)), np.zeros(0)))
             else:  # facenet-pytorch hands back object arrays under numpy 2

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from humanfix.losses.crops import Boxes, IntBox, crop, owned, per_sample_mean, read_boxes
-from humanfix.losses.perceptual import seeded_init, unit_normalize
+from humanfix.losses.perceptual import Fp32Constants, seeded_init, unit_normalize
 from humanfix.models import weights
 
 FACE_CROP = 160
@@ -25,7 +25,7 @@ DEFAULT_FACE_LAYERS = ("conv2d_4b", "repeat_1", "mixed_6a", "repeat_2", "embeddi
 DEFAULT_FACE_LAYER_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0)
 
 
-class FaceFeatureLoss(nn.Module):
+class FaceFeatureLoss(Fp32Constants):
     """Multi-layer InceptionResnetV1 feature distance over face crops. Frozen; gradients flow to the input."""
 
     def __init__(
@@ -58,6 +58,9 @@ class FaceFeatureLoss(nn.Module):
         self.pretrained = pretrained
         self.requires_grad_(False)
         self.eval()
+
+    def fp32_constants(self) -> list[tuple[nn.Module, str]]:
+        return [(self, "layer_weights")]  # float32 whatever the network's dtype
 
     def train(self, mode: bool = True) -> FaceFeatureLoss:
         return super().train(False)  # batch norm statistics must stay fixed

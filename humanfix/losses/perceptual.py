@@ -38,6 +38,30 @@ _SCALE = (0.458, 0.448, 0.450)
 _SLICE_ENDS = (4, 9, 16, 23, 30)
 
 
+class Fp32Constants(nn.Module):
+    """A loss network whose constants (input normalisation, layer weights, linear heads) stay exact float32
+    whatever ``.to(device, dtype)`` does to the network: casting them to bf16 would move 0.1 to 0.10009766.
+
+    Subclasses list them in :meth:`fp32_constants`; every move or cast (``_apply``) keeps their float32 values
+    and only changes their device.
+    """
+
+    def fp32_constants(self) -> list[tuple[nn.Module, str]]:
+        """(owner module, attribute name) of each constant tensor (a buffer or a frozen parameter)."""
+        return []
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        exact = [(owner, name, getattr(owner, name).detach().clone()) for owner, name in self.fp32_constants()]
+        super()._apply(fn, recurse)
+        for owner, name, value in exact:
+            moved = getattr(owner, name)
+            if isinstance(moved, nn.Parameter):
+                moved.data = value.to(moved.device)
+            else:
+                owner._buffers[name] = value.to(moved.device)
+        return self
+
+
 def unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Unit-normalise features N×C×H×W over channels, in float32 whatever ``x``'s dtype.
 
@@ -51,7 +75,7 @@ def unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return x * torch.rsqrt(torch.sum(x * x, dim=1, keepdim=True) + eps)
 
 
-class MaskedLPIPS(nn.Module):
+class MaskedLPIPS(Fp32Constants):
     """LPIPS-VGG over person boxes, weighted by the person mask. Frozen; gradients flow to the input.
 
     The same network as ``lpips.LPIPS(net="vgg", spatial=True)``, built from the VGG16 feature layers alone
@@ -85,17 +109,21 @@ class MaskedLPIPS(nn.Module):
         heads = torch.load(weights.lpips_heads_path(), map_location="cpu", weights_only=True)
         for k, lin in enumerate(self.lins):
             lin.weight.data.copy_(heads[f"lin{k}.model.1.weight"])
-        self.register_buffer("shift", torch.tensor(_SHIFT)[None, :, None, None], persistent=False)
-        self.register_buffer("scale", torch.tensor(_SCALE)[None, :, None, None], persistent=False)
+        self.register_buffer("shift", torch.tensor(_SHIFT, dtype=torch.float32)[None, :, None, None], persistent=False)
+        self.register_buffer("scale", torch.tensor(_SCALE, dtype=torch.float32)[None, :, None, None], persistent=False)
         self.register_buffer("layer_weights", torch.tensor(layer_weights, dtype=torch.float32), persistent=False)
         self.crop_size = crop_size
         self.pretrained = pretrained
         self.requires_grad_(False)
         self.eval()
 
+    def fp32_constants(self) -> list[tuple[nn.Module, str]]:
+        return [(self, "shift"), (self, "scale"), (self, "layer_weights"), *((lin, "weight") for lin in self.lins)]
+
     def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """VGG16 activations relu1_2 … relu5_3 for images N×3×H×W in [-1, 1]."""
-        h = (x - self.shift) / self.scale
+        """VGG16 activations relu1_2 … relu5_3 for images N×3×H×W in [-1, 1] (normalised in float32, then VGG
+        runs in its own dtype)."""
+        h = ((x.float() - self.shift) / self.scale).to(self.features[0].weight.dtype)
         out, start = [], 0
         for end in _SLICE_ENDS:
             for layer in self.features[start:end]:
@@ -109,7 +137,7 @@ class MaskedLPIPS(nn.Module):
 
         ``y`` is the reference (the real image): its features are computed without a graph, so the backward
         pass runs through VGG for ``x`` alone. VGG runs in the module's dtype; the normalisation, the
-        distances and the heads run in float32 (see :func:`unit_normalize`).
+        distances, the heads and the layer weights run in float32 (see :func:`unit_normalize`).
         """
         n, height, width = x.shape[0], *x.shape[-2:]
         fx = self.layer_features(x)
@@ -118,7 +146,7 @@ class MaskedLPIPS(nn.Module):
         total = torch.zeros((n, 1, height, width), device=x.device)
         for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
             diff = (unit_normalize(a) - unit_normalize(b)) ** 2
-            layer = F.conv2d(diff, self.lins[k].weight.float())
+            layer = F.conv2d(diff, self.lins[k].weight)
             total = total + self.layer_weights[k] * resize(layer, height, width)
         return total
 
@@ -165,12 +193,12 @@ class MaskedLPIPS(nn.Module):
             return decoded.new_zeros(n, dtype=torch.float32)
         size = crop_size or self.crop_size
         dec, tgt, msk = (crop(t.float(), owners, used, size) for t in (decoded, target, masks))
-        dtype = self.lins[0].weight.dtype
-        dmap = self.distance_map(dec.to(dtype), tgt.to(dtype))
+        dmap = self.distance_map(dec, tgt)  # float32 crops: normalised in float32, then cast for VGG
         mask_area = msk.sum(dim=(1, 2, 3))
         # A box whose mask is empty is averaged uniformly rather than dropped.
         weight_map = torch.where(mask_area[:, None, None, None] > 0, msk, torch.ones_like(msk))
         per_box = (dmap * weight_map).sum(dim=(1, 2, 3)) / weight_map.sum(dim=(1, 2, 3))
-        area = torch.tensor([float((x1 - x0) * (y1 - y0)) for x0, y0, x1, y1 in used]).to(per_box.device)
+        areas = [float((x1 - x0) * (y1 - y0)) for x0, y0, x1, y1 in used]  # host values: copied without waiting
+        area = torch.tensor(areas, dtype=torch.float32).to(per_box.device, non_blocking=True)
         box_weight = area * (weight_map.mean(dim=(1, 2, 3)))  # ≈ mask pixels in the original box
         return per_sample_mean(per_box, owners, n, box_weight)

@@ -215,3 +215,34 @@ def test_face_crop_never_reads_outside_the_decoded_window(tiny_components, margi
     decoded_crop = seen[0][0]
     assert (decoded_crop.abs().amax(dim=(0, 1)) > 0).all(), "all-zero columns: the crop read the blank canvas"
     assert (decoded_crop.abs().amax(dim=(0, 2)) > 0).all(), "all-zero rows: the crop read the blank canvas"
+
+
+def test_constants_stay_exact_float32_when_the_objective_moves_to_bf16():
+    """train moves the objective with ``.to(device, dtype=bf16)``: the networks go to bf16, but the constants of
+    the distances (LPIPS' shift/scale, heads and layer weights, the face term's layer weights) keep their exact
+    float32 values (bf16 would make 0.1 into 0.10009766 and −0.188 into −0.18848)."""
+    cfg = ObjectiveConfig(
+        lambda_lpips=0.5, lambda_face=0.3, perceptual_weights="random", lpips_layer_weights=(0.1, 0.2, 0.3, 0.4, 0.5),
+        face_layer_weights=(0.1, 0.7, 0.3, 0.9, 1.1),
+    )  # fmt: skip
+    fp32 = MaskAwareObjective(cfg, torch.ones(1000))
+    half = MaskAwareObjective(cfg, torch.ones(1000)).to("cpu", dtype=torch.bfloat16)
+    constants = {
+        "lpips.shift": (fp32.lpips.shift, half.lpips.shift),
+        "lpips.scale": (fp32.lpips.scale, half.lpips.scale),
+        "lpips.layer_weights": (fp32.lpips.layer_weights, half.lpips.layer_weights),
+        "face.layer_weights": (fp32.face.layer_weights, half.face.layer_weights),
+        **{
+            f"lpips.lins.{k}": (a.weight, b.weight)
+            for k, (a, b) in enumerate(zip(fp32.lpips.lins, half.lpips.lins, strict=True))
+        },
+    }
+    for name, (exact, kept) in constants.items():
+        assert kept.dtype == torch.float32 and torch.equal(kept, exact), name
+    assert half.lpips.shift[0, 2, 0, 0].item() == torch.tensor(-0.188).item()
+    assert half.face.layer_weights[0].item() == torch.tensor(0.1).item()
+    assert half.lpips.features[0].weight.dtype == torch.bfloat16  # the networks themselves do run in bf16
+    assert next(half.face.net.parameters()).dtype == torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(2, 1, 3, 32, 32, generator=g) * 2 - 1).unbind(0)
+    assert half.lpips.distance_map(x, y).dtype == torch.float32
