@@ -167,6 +167,9 @@ def generate(
         str | None,
         typer.Option(help='One prompt per line, or JSONL {"prompt", "seed", "negative_prompt", "condition_image"}.'),
     ] = None,
+    prompt_set: Annotated[
+        str | None, typer.Option(help="A built-in prompt set: hands (28 prompts, hands large in the frame).")
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -218,6 +221,7 @@ def generate(
         config,
         prompts=tuple(prompts) if prompts else None,
         prompts_file=prompts_file,
+        prompt_set=prompt_set,
         model=model,
         model_config=model_config,
         controlnet=controlnet,
@@ -492,6 +496,11 @@ def evaluate(
     person_threshold: Annotated[float | None, typer.Option(help="Detector probability of a person (0.5).")] = None,
     keypoint_threshold: Annotated[float | None, typer.Option(help="Confidence for a keypoint to count (0.3).")] = None,
     pose_bootstrap: Annotated[int | None, typer.Option(help="Resamples for the pose rates' intervals (1000).")] = None,
+    hands: Annotated[
+        bool, typer.Option("--hands", help="MediaPipe Hands: hands per image, confidence, plausible hands; FID-H.")
+    ] = False,
+    hand_threshold: Annotated[float | None, typer.Option(help="MediaPipe's palm detection confidence (0.5).")] = None,
+    hand_bootstrap: Annotated[int | None, typer.Option(help="Resamples for the hand rates' intervals (1000).")] = None,
     report: Annotated[bool, typer.Option("--report", help="Write OUTPUT/report.html with blind A/B.")] = False,
     report_images: Annotated[str | None, typer.Option(help="embed (default: one file) or link.")] = None,
     ratings: Annotated[list[str] | None, typer.Option(help="A/B choices JSON from report.html; repeatable.")] = None,
@@ -504,7 +513,7 @@ def evaluate(
     seed: Annotated[int | None, typer.Option(help="Bootstrap, KID subsets, A/B order (default 0).")] = None,
     config: Annotated[str | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
-    """FID/KID with a bootstrap interval, face and pose metrics, CLIP score, an HTML report with blind A/B, ratings."""
+    """FID/KID with a bootstrap interval, face, pose and hand metrics, CLIP score, an HTML report with A/B, ratings."""
     from humanfix.config import build_config
     from humanfix.evaluate.run import EvaluateConfig
     from humanfix.evaluate.run import evaluate as run_evaluate
@@ -518,7 +527,8 @@ def evaluate(
         inception_weights=inception_weights, faces=faces or None, face_threshold=face_threshold, clip=clip or None,
         clip_model=clip_model, pose=pose or None, pose_detector=pose_detector, pose_estimator=pose_estimator,
         pose_weights=pose_weights, pose_reference=pose_reference, person_threshold=person_threshold,
-        keypoint_threshold=keypoint_threshold, pose_bootstrap=pose_bootstrap, report=report or None,
+        keypoint_threshold=keypoint_threshold, pose_bootstrap=pose_bootstrap, hands=hands or None,
+        hand_threshold=hand_threshold, hand_bootstrap=hand_bootstrap, report=report or None,
         report_images=report_images,
         ratings=tuple(ratings) if ratings else None, device=device, batch_size=batch_size, workers=workers,
         seed=seed,

@@ -48,6 +48,9 @@ def run_checks(sd_model: str = weights.SD15_HUB_ID) -> list[Check]:
         present, where = model.location()
         detail = where if present else f"missing: `hf download {model.hub_id}` (belongs in {where})"
         checks.append(Check(f"{model.description} ({model.hub_id})", present, detail, needed=False))
+    from humanfix.evaluate.hands import mediapipe_status
+
+    checks.append(Check("MediaPipe Hands (evaluate --hands; optional)", *mediapipe_status(), needed=False))
     heads = weights.lpips_heads_path()
     checks.append(Check("LPIPS linear heads (ship with lpips)", heads.is_file(), str(heads)))
     tiny = tiny_model_dir()

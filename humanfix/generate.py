@@ -41,6 +41,7 @@ from humanfix.generation.jobs import (
     resolve_models,
 )
 from humanfix.generation.pipelines import DTYPES, SCHEDULERS
+from humanfix.generation.prompt_sets import prompt_set
 from humanfix.models.weights import SD15_HUB_ID as SD15
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class GenerateConfig:
 
     prompts: tuple[str, ...] = ()  # prompts given as arguments (drawn before the prompts file's)
     prompts_file: Path | None = None  # one prompt per line, or JSONL {"prompt", "seed", "negative_prompt", ...}
+    prompt_set: str | None = None  # a built-in set drawn after the prompts given ("hands": hands large in frame)
     # base SD 1.5: hub id, diffusers folder, single file, or "tiny"; unset: the base recorded in the adapters'
     # humanfix.json (what they were trained on), else SD 1.5
     model: str | None = None
@@ -82,6 +84,7 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         self.prompts = tuple(self.prompts)
+        prompt_set(self.prompt_set)  # an unknown name fails here, before any model loads
         if self.compare is not None:
             self.compare = tuple(self.compare)
         if self.model is None:
@@ -214,7 +217,7 @@ def generate(config: GenerateConfig) -> GenerateResult:
 
     from humanfix.models.pipeline import resolve_model
 
-    specs = read_prompts(config.prompts, config.prompts_file)
+    specs = read_prompts(config.prompts + prompt_set(config.prompt_set), config.prompts_file)
     jobs = make_jobs(specs, config.num_images, config.seed, config.negative_prompt)
     _check_seeds(jobs)
     models = resolve_models(config.controlnet, config.compare, config.lora)

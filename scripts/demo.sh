@@ -48,9 +48,11 @@ stage "5/6 generate: the same prompts and seeds through plain SD, SD + the branc
   --compare "base,$OUT/run/controlnet,$OUT/run-lora/lora" --num-images 2 --steps 10 --height 128 --width 128 \
   --output "$OUT/generate"
 
-stage "6/6 evaluate: faces, poses (random stand-in detector and estimator) and the blind A/B inspection page"
-"$HF" evaluate --faces --pose --pose-weights random --report --generated "$OUT/generate" --real "$OUT/data/val" \
-  --output "$OUT/evaluate"
+stage "6/6 evaluate: faces, poses (random stand-in detector and estimator), hands (MediaPipe) and the blind A/B page"
+hands=--hands  # MediaPipe Hands comes with the [hands] extra (in [test]); without it the demo says so and goes on
+"$PY" -c "import mediapipe.python.solutions.hands" 2>/dev/null || { hands=; echo "no MediaPipe: pip install 'humanfix[hands]' for --hands"; }
+"$HF" evaluate --faces --pose --pose-weights random $hands --report --generated "$OUT/generate" \
+  --real "$OUT/data/val" --output "$OUT/evaluate"
 
 stage "done"
 echo "branch:  $OUT/run/controlnet (diffusers layout)"

@@ -12,6 +12,8 @@
 - With ``--pose``, a "skeletons" toggle draws each image's persons (keypoints and bones, green when
   plausible, red when not, grey when not scored) as an SVG laid over the image in the browser; the
   image itself is untouched.
+- With ``--hands``, a "hands" toggle draws each detected hand's 21 landmarks and their connections the
+  same way (green plausible, red not, grey not scored; the tooltip names the failed checks).
 - The markup is the Jinja2 template ``templates/report.html.j2`` with autoescaping on, so every piece
   of user text (prompts, labels, file names, notes) is HTML-escaped by construction; it reaches the
   page's script only as escaped JSON (:func:`script_json`) rendered with ``textContent``. A
@@ -143,11 +145,31 @@ def _pose_cells(pose: dict[str, Any] | None) -> list[Cell]:
     ]  # fmt: skip
 
 
+def _hand_cells(hands: dict[str, Any] | None, m: dict[str, Any]) -> list[Cell]:
+    """hands/image, confidence, plausible hands, plausibility, expected hands, FID-H, KID-H."""
+    if not hands:
+        return [("–", None)] * 7
+    kid = m.get("hand_kid")
+    expected = hands.get("expected_hand_rate")
+    return [
+        (_num(hands.get("hands_per_image")), _ci(hands.get("hands_per_image_interval"))),
+        (_num(hands.get("hand_conf"), 3), _ci(hands.get("hand_conf_interval"), 3)),
+        (_pct(hands.get("plausible_rate")), " ".join(filter(None, [
+            _ci(hands.get("plausible_rate_interval"), 1, 100), f"({hands['n_plausible']}/{hands['n_scored']})"]))),
+        (_num(hands.get("plausibility"), 3), _ci(hands.get("plausibility_interval"), 3)),
+        (_pct(expected) if "n_wrists" in hands else "", None if expected is None else
+         f"({hands['n_wrists_with_hand']}/{hands['n_wrists']})"),
+        (_num(m.get("hand_fid")) if "hand_fid" in m else "", _ci(m.get("hand_fid_interval"))),
+        ("" if kid is None else f"{kid:.5f}", None),
+    ]  # fmt: skip
+
+
 def metrics_table(metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics table as plain text cells: one row per model, one for the real set; the notes."""
     if not metrics:
         return None
     with_pose = "pose_setup" in metrics
+    with_hands = "hands_setup" in metrics
     head: list[Cell] = [
         ("model", None), ("images", None), ("FID", "[95% interval]"), ("KID", None), ("face rate", None),
         ("face confidence", None), ("face-crop FID", None), ("CLIP score", None),
@@ -155,6 +177,10 @@ def metrics_table(metrics: dict[str, Any]) -> dict[str, Any] | None:
     if with_pose:
         head += [("person rate", None), ("keypoint confidence", "[95%]"), ("plausible poses", "[95%]"),
                  ("plausibility", "[95%]")]  # fmt: skip
+    if with_hands:
+        head += [("hands / image", "[95%]"), ("hand confidence", "[95%]"), ("plausible hands", "[95%]"),
+                 ("hand plausibility", "[95%]"), ("expected hands", None), ("FID-H", "[95%]"),
+                 ("KID-H", None)]  # fmt: skip
     rows = []
     for label, m in metrics.get("models", {}).items():
         kid = m.get("kid")
@@ -166,7 +192,9 @@ def metrics_table(metrics: dict[str, Any]) -> dict[str, Any] | None:
             (_num(m.get("face_fid")), None),
             (_num(m.get("clip_score")), None),
         ]
-        rows.append({"label": label, "real": False, "cells": cells + (_pose_cells(m.get("pose")) if with_pose else [])})
+        cells += _pose_cells(m.get("pose")) if with_pose else []
+        cells += _hand_cells(m.get("hands"), m) if with_hands else []
+        rows.append({"label": label, "real": False, "cells": cells})
     real = metrics.get("real")
     if real:
         cells = [
@@ -175,6 +203,8 @@ def metrics_table(metrics: dict[str, Any]) -> dict[str, Any] | None:
         ]  # fmt: skip
         if with_pose:
             cells += _pose_cells(real.get("pose"))
+        if with_hands:
+            cells += _hand_cells(real.get("hands"), {})
         source = f"real: {real.get('source', '')}"
         if (real.get("pose") or {}).get("source"):
             source += f" (poses: {real['pose']['source']})"
@@ -191,6 +221,10 @@ def metrics_table(metrics: dict[str, Any]) -> dict[str, Any] | None:
             f"poses: {p['detector']} + {p['estimator']} ({p['weights']} weights), person from "
             f"{p['person_threshold']}, keypoint from {p['keypoint_threshold']}, plausible from {p['plausible_from']}"
         )
+    if with_hands:
+        h = metrics["hands_setup"]
+        meta += f"; hands: {h['detector']}, hand from {h['min_detection_confidence']}"
+        meta += f", plausible from {h['plausible_from']}"
     return {"head": head, "rows": rows, "meta": meta, "notes": metrics.get("notes", [])}
 
 
@@ -249,11 +283,13 @@ def write_report(
     inputs: Sequence[str] = (),
     skeletons: dict[Path, dict[str, Any]] | None = None,
     keypoint_threshold: float = 0.0,
+    hands: dict[Path, dict[str, Any]] | None = None,
 ) -> Path:
     """Write the report page to ``path``; returns it. ``groups``: images per model label.
 
     ``skeletons``: per image, ``{"w", "h", "persons": [{"keypoints": 17×[x, y, c], "plausibility", "failed"}]}``
-    (as in pose.jsonl); keypoints with ``c`` below ``keypoint_threshold`` (or 0) are not drawn.
+    (as in pose.jsonl); keypoints with ``c`` below ``keypoint_threshold`` (or 0) are not drawn. ``hands``: per image,
+    ``{"w", "h", "hands": [{"landmarks": 21×[x, y, z], "side", "score", "plausibility", "failed"}]}`` (hands.jsonl).
     """
     from humanfix.evaluate.pose import PLAUSIBLE, SKELETON
 
@@ -280,6 +316,16 @@ def write_report(
             "plausible_from": PLAUSIBLE,
             "min_confidence": keypoint_threshold,
         }
+    hand_data = None
+    if hands:
+        from humanfix.evaluate.hands import CONNECTIONS
+        from humanfix.evaluate.hands import PLAUSIBLE as HAND_PLAUSIBLE
+
+        hand_data = {
+            "images": {ids[p]: h for p, h in hands.items() if p in ids},
+            "connections": CONNECTIONS,
+            "plausible_from": HAND_PLAUSIBLE,
+        }
     metrics = metrics or {}
     page = (
         _environment()
@@ -294,6 +340,7 @@ def write_report(
             **gallery(groups, srcs, ids),
             data={"report_id": report_id, "pairs": pairs},
             pose=pose,
+            hands=hand_data,
         )
     )
     tmp = path.with_name(f".{path.name}.tmp")

@@ -3,7 +3,7 @@
 Every ``--generated`` folder is split by model (a ``--compare`` output holds several); each model is
 scored against the one real set (``--real DIR`` or ``--real-stats NAME``). ``--ratings`` files are
 summarised on their own or alongside. Results: ``OUTPUT/metrics.json`` (and ``ratings.json``,
-``pose.jsonl``, ``report.html``), and a table on stdout.
+``pose.jsonl``, ``hands.jsonl``, ``report.html``), and a table on stdout.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class EvaluateConfig:
     person_threshold: float = 0.5  # a detection counts as a person from this probability on
     keypoint_threshold: float = 0.3  # a keypoint counts from this confidence on (fewer: not judged)
     pose_bootstrap: int = 1000  # resamples of the images for the pose rates' 95% intervals (0: none)
+    hands: bool = False  # hands per image (MediaPipe Hands), their confidence and 3D plausibility; FID-H with --fid
+    hand_threshold: float = 0.5  # MediaPipe's min_detection_confidence (palm detector) for a hand to count
+    hand_bootstrap: int = 1000  # resamples of the images for the hand rates' 95% intervals (0: none)
     report: bool = False  # write OUTPUT/report.html (metrics, images per prompt, blind A/B)
     report_images: str = "embed"  # "embed" (data URIs: one self-contained file) or "link" (relative paths)
     ratings: tuple[Path, ...] = ()  # A/B choices files downloaded from report.html, summarised per model pair
@@ -92,6 +95,8 @@ class EvaluateConfig:
             raise UserError("--person-threshold must be in (0, 1) and --keypoint-threshold in [0, 1)")
         if self.pose_bootstrap < 0:
             raise UserError(f"--pose-bootstrap must be >= 0, got {self.pose_bootstrap}")
+        if not 0 < self.hand_threshold < 1 or self.hand_bootstrap < 0:
+            raise UserError("--hand-threshold must be in (0, 1) and --hand-bootstrap >= 0")
         if self.batch_size < 1 or (self.workers is not None and self.workers < 0):
             raise UserError("--batch-size must be >= 1 and --workers >= 0")
         if self.real is not None and self.real_stats is not None:
@@ -100,12 +105,13 @@ class EvaluateConfig:
             raise UserError("--save-stats NAME saves the --real set's features: pass --real DIR")
         if (self.fid or self.kid) and (self.real is None and self.real_stats is None):
             raise UserError("FID/KID need a real set: pass --real DIR or --real-stats NAME")
-        wants_images = self.fid or self.kid or self.faces or self.clip or self.pose or self.report
+        wants_images = self.fid or self.kid or self.faces or self.clip or self.pose or self.hands or self.report
         if wants_images and not self.generated:
             raise UserError("pass --generated DIR (a generate output or an image folder)")
         if not (wants_images or self.ratings or self.save_stats):
             raise UserError(
-                "nothing to do: pass --fid, --kid, --faces, --clip, --pose, --report, --ratings or --save-stats"
+                "nothing to do: pass --fid, --kid, --faces, --clip, --pose, --hands, --report, --ratings "
+                "or --save-stats"
             )
 
 
@@ -120,12 +126,19 @@ class EvaluateResult:
     ratings_path: Path | None = None
     report_path: Path | None = None
     pose_path: Path | None = None  # pose.jsonl: every image's persons, keypoints and scores
+    hands_path: Path | None = None  # hands.jsonl: every image's hands, landmarks and scores
 
 
 def evaluate(config: EvaluateConfig, print_tables: bool = True) -> EvaluateResult:
     """Run every measurement the config asks for; write metrics.json / ratings.json / report.html."""
     from humanfix.evaluate import sets
 
+    if config.hands:  # a missing extra stops here, before any other measure runs
+        from humanfix.evaluate.hands import mediapipe_status
+
+        ready, detail = mediapipe_status()
+        if not ready:
+            raise UserError(f"--hands: {detail}")
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
     result = EvaluateResult(out)
@@ -134,12 +147,15 @@ def evaluate(config: EvaluateConfig, print_tables: bool = True) -> EvaluateResul
     groups = sets.group_by_model([sets.read_generated(g) for g in config.generated])
     real_files = sets.real_images(config.real) if config.real is not None else None
     skeletons: dict[Path, dict[str, Any]] = {}  # generated image -> its persons, for the report's overlay
-    if config.fid or config.kid or config.faces or config.clip or config.pose or config.save_stats:
-        result.metrics = _measure(config, groups, real_files, skeletons)
+    hand_overlay: dict[Path, dict[str, Any]] = {}  # generated image -> its hands, for the report's overlay
+    if config.fid or config.kid or config.faces or config.clip or config.pose or config.hands or config.save_stats:
+        result.metrics = _measure(config, groups, real_files, skeletons, hand_overlay)
         result.metrics_path = out / "metrics.json"
         result.metrics_path.write_text(json.dumps(result.metrics, indent=2, ensure_ascii=False) + "\n")
         if config.pose:
             result.pose_path = out / "pose.jsonl"
+        if config.hands:
+            result.hands_path = out / "hands.jsonl"
     if config.report:
         from humanfix.evaluate.report import write_report
 
@@ -156,6 +172,7 @@ def evaluate(config: EvaluateConfig, print_tables: bool = True) -> EvaluateResul
             inputs=inputs,
             skeletons=skeletons,
             keypoint_threshold=config.keypoint_threshold,
+            hands=hand_overlay,
         )
     if print_tables:
         print_result(result)
@@ -174,9 +191,13 @@ def _ratings(config: EvaluateConfig) -> tuple[list[dict[str, Any]], Path]:
 
 
 def _measure(
-    config: EvaluateConfig, groups: dict, real_files: list[Path] | None, skeletons: dict[Path, dict[str, Any]]
+    config: EvaluateConfig,
+    groups: dict,
+    real_files: list[Path] | None,
+    skeletons: dict[Path, dict[str, Any]],
+    hand_overlay: dict[Path, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The metrics.json document (see docs/evaluate.md for its keys); fills ``skeletons`` with --pose."""
+    """The metrics.json document (see docs/evaluate.md for its keys); fills ``skeletons`` (--pose), ``hand_overlay``."""
     from humanfix.evaluate import faces as F
     from humanfix.evaluate import fid as M
 
@@ -262,8 +283,17 @@ def _measure(
             if cs.note:
                 notes.append(f"{label}: {cs.note}")
         models[label] = m
+    found_poses: dict[str, list] = {}  # label ("real" too) -> the pose stage's ImagePoses, for the hands' wrists
     if config.pose:
-        metrics["pose_setup"] = _measure_pose(config, groups, real_files, device, models, metrics, notes, skeletons)
+        metrics["pose_setup"] = _measure_pose(
+            config, groups, real_files, device, models, metrics, notes, skeletons, found_poses
+        )
+    if config.hands:
+        from humanfix.evaluate.run_hands import measure_hands
+
+        metrics["hands_setup"] = measure_hands(
+            config, groups, real_files, models, metrics, notes, found_poses, ext, hand_overlay
+        )
     if config.clip and clip is not None:
         metrics["clip_model"] = config.clip_model
     if config.faces:
@@ -281,7 +311,7 @@ def _measure(
     metrics["models"] = models
     if len(models) == 1:  # one model: its numbers at the top level too
         only = next(iter(models.values()))
-        for key in ("fid", "fid_interval", "kid", "n_generated", "faces", "face_fid", "clip_score", "pose"):
+        for key in ("fid", "fid_interval", "kid", "n_generated", "faces", "face_fid", "clip_score", "pose", "hands"):
             if key in only:
                 metrics[key] = only[key]
     metrics["notes"] = notes
@@ -297,6 +327,7 @@ def _measure_pose(
     metrics: dict[str, Any],
     notes: list[str],
     skeletons: dict[Path, dict[str, Any]],
+    found_poses: dict[str, list] | None = None,
 ) -> dict[str, Any]:
     """Pose metrics per model (and for the real set) into ``models``/``metrics``; writes OUTPUT/pose.jsonl.
 
@@ -350,12 +381,16 @@ def _measure_pose(
             [it.path for it in items], pm, config.person_threshold, config.batch_size, progress=f"poses: {label}"
         )
         models[label]["pose"] = measure(label, found, ground_truth=False, overlay=True)
+        if found_poses is not None:
+            found_poses[label] = found
     if real_files is not None:
         if truth:
             found, source = persons.ground_truth_poses(real_files), "ground truth (metadata.jsonl)"
         else:
             found = persons.detect_poses(real_files, pm, config.person_threshold, config.batch_size, "poses: real")
             source = "detector"
+        if found_poses is not None:
+            found_poses["real"] = found
         metrics["real"]["pose"] = {"source": source, **measure("real", found, ground_truth=truth, overlay=False)}
     (config.output / "pose.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return info
@@ -384,7 +419,8 @@ def print_result(result: EvaluateResult) -> None:
     if m.get("models"):
         rows = [(label, r, r.get("faces") or {}) for label, r in m["models"].items()]
         real = m.get("real") or {}
-        rows.append(("real", {"n_generated": m.get("n_real", ""), "pose": real.get("pose")}, real.get("faces") or {}))
+        real_row = {"n_generated": m.get("n_real", ""), "pose": real.get("pose"), "hands": real.get("hands")}
+        rows.append(("real", real_row, real.get("faces") or {}))
         columns = [  # (title, cell) — a column shows only when some model has a value
             ("images", lambda r, f: str(r.get("n_generated", ""))),
             ("FID", lambda r, f: _num(r.get("fid"))),
@@ -401,6 +437,13 @@ def print_result(result: EvaluateResult) -> None:
             ("keypoint conf.", lambda r, f: _num((r.get("pose") or {}).get("keypoint_confidence"), 3)),
             ("plausible poses [95%]", lambda r, f: _rate((r.get("pose") or {}), "plausible_rate")),
             ("plausibility", lambda r, f: _num((r.get("pose") or {}).get("plausibility"), 3)),
+            ("hands/image", lambda r, f: _num((r.get("hands") or {}).get("hands_per_image"))),
+            ("hand conf.", lambda r, f: _num((r.get("hands") or {}).get("hand_conf"), 3)),
+            ("plausible hands [95%]", lambda r, f: _rate((r.get("hands") or {}), "plausible_rate")),
+            ("hand plausibility", lambda r, f: _num((r.get("hands") or {}).get("plausibility"), 3)),
+            ("expected hands", lambda r, f: _pct((r.get("hands") or {}).get("expected_hand_rate"))),
+            ("FID-H", lambda r, f: _num(r.get("hand_fid")) + (" " + _interval(r.get("hand_fid_interval"))).rstrip()),
+            ("KID-H", lambda r, f: _num(r.get("hand_kid"), 5)),
         ]
         shown = [(title, cell) for title, cell in columns if any(cell(r, f) for _, r, f in rows[:-1])]
         pose = m.get("pose_setup") or {}
@@ -428,7 +471,7 @@ def print_result(result: EvaluateResult) -> None:
                 _num(p["win_rate_a"], 3), ci, _num(p["p_value"], 4),
             )  # fmt: skip
         console.print(t)
-    for path in (result.metrics_path, result.pose_path, result.ratings_path, result.report_path):
+    for path in (result.metrics_path, result.pose_path, result.hands_path, result.ratings_path, result.report_path):
         if path is not None:
             console.print(f"wrote {path}", highlight=False)
 

@@ -100,3 +100,23 @@ def test_skeleton_overlay_is_drawn_over_the_images(tmp_path, compare_output):
     assert result["skeletons"] == 2  # one SVG per image with pose data, shown while the toggle is on
     assert result["skeleton_lines"] == 19 - 1  # COCO's 19 bones, less the one that ends at the faint ankle
     assert result["toggle_on_ab"] == "none"  # the skeleton toggle belongs to the overview, not the blind A/B tab
+
+
+def test_hand_overlay_is_drawn_over_the_images(tmp_path, compare_output):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from humanfix.evaluate.hands import CONNECTIONS
+
+    gen = compare_output(tmp_path / "gen", ["a hand"], [1, 2], ["base", "ours"])
+    groups = group_by_model([read_generated(gen)])
+    landmarks = [[10 + 2 * i, 50 - 2 * i, 0.0] for i in range(21)]
+    hand = {"box": [10, 10, 50, 50], "side": "left", "score": 0.95, "landmarks": landmarks, "plausibility": 0.2,
+            "failed": ["knuckle order"]}  # fmt: skip
+    first = [it.path for it in groups["ours"]]
+    page = write_report(tmp_path / "out" / "report.html", groups, hands={first[0]: {"w": 64, "h": 64, "hands": [hand]}})
+    assert 'id="show-hands"' in page.read_text() and 'id="show-skeletons"' not in page.read_text()
+    dom = _dump_dom(browser, page.as_uri() + "#selftest", tmp_path / "profile")
+    result = json.loads(html.unescape(re.search(r'<pre id="selftest-result"[^>]*>(.*?)</pre>', dom, re.S).group(1)))
+    assert result["images"] == 4 and result["loaded"] == 4
+    assert result["hands"] == 1 and result["hand_lines"] == len(CONNECTIONS)

@@ -160,6 +160,47 @@
   }
   if (pose) $("show-skeletons").addEventListener("change", (e) => showSkeletons(e.target.checked));
 
+  // -- hands (--hands): the 21 landmarks and their connections per hand, green/red/grey as for skeletons
+  const handsEl = $("hands-data");
+  const hands = handsEl ? JSON.parse(handsEl.textContent) : null;
+  function drawHands() {
+    if (!hands) return 0;
+    let drawn = 0;
+    for (const imgId in hands.images) {
+      const info = hands.images[imgId];
+      const img = $("img-" + imgId);
+      if (!img || img.parentNode.querySelector("svg.hands")) continue;
+      const svg = svgEl("svg", { "class": "hands", viewBox: "0 0 " + info.w + " " + info.h,
+                                  preserveAspectRatio: "none" });
+      const radius = Math.max(info.w, info.h) / 200;
+      for (const hand of info.hands) {
+        const s = hand.plausibility;
+        const color = s === null ? "#9e9e9e" : (s >= hands.plausible_from ? "#1a9e3a" : "#d62728");
+        const lm = hand.landmarks;
+        const g = svgEl("g", { stroke: color, fill: color });
+        const title = svgEl("title", {});
+        title.textContent = hand.side + " hand, score " + hand.score.toFixed(2) + ", " +
+          (s === null ? "not scored" : "plausibility " + s.toFixed(2)) +
+          (hand.failed.length ? ": " + hand.failed.join(", ") : "");
+        g.appendChild(title);
+        for (const [a, b] of hands.connections) {
+          g.appendChild(svgEl("line", { x1: lm[a][0], y1: lm[a][1], x2: lm[b][0], y2: lm[b][1],
+                                        "stroke-width": 1.5, "vector-effect": "non-scaling-stroke" }));
+        }
+        lm.forEach((p) => g.appendChild(svgEl("circle", { cx: p[0], cy: p[1], r: radius })));
+        svg.appendChild(g);
+      }
+      img.parentNode.appendChild(svg);
+      drawn++;
+    }
+    return drawn;
+  }
+  function showHands(on) {
+    if (on) drawHands();
+    document.body.classList.toggle("hands", on);
+  }
+  if (hands) $("show-hands").addEventListener("change", (e) => showHands(e.target.checked));
+
   pos = pairs.length ? Math.max(0, firstOpen(0)) : 0;
   if (pairs.length && done() === pairs.length) pos = -1;
   if (location.hash === "#ab") showTab(true);
@@ -178,6 +219,13 @@
       result.skeletons = shown.filter((el) => getComputedStyle(el).display !== "none").length;
       result.skeleton_lines = document.querySelectorAll("svg.skeleton line").length;
       $("show-skeletons").click();
+    }
+    if (hands) {
+      $("show-hands").click();
+      result.hands = Array.from(document.querySelectorAll("svg.hands"))
+        .filter((el) => getComputedStyle(el).display !== "none").length;
+      result.hand_lines = document.querySelectorAll("svg.hands line").length;
+      $("show-hands").click();
     }
     showTab(true);
     if (pose) result.toggle_on_ab = getComputedStyle(document.querySelector("label.toggle")).display;
