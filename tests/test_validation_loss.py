@@ -39,7 +39,7 @@ def config(data, output, **kw):
         checkpoint_every=0,
         max_steps=2,
         validation_every=1,
-        objective={"lambda_lpips": 0.6, "timestep_threshold": 500},
+        objective={"lambda_lpips": 0.6, "lambda_face": 0.0, "timestep_threshold": 500},
     )
     values.update(kw)
     return build_config(TrainConfig, None, **values)
@@ -148,7 +148,8 @@ def test_two_processes_measure_what_one_does(prepared_set, tmp_path, free_port, 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port),
            str(script), "train", "--model", "tiny", "--data", str(prepared_set), "--split", "val",
            "--validation-split", "val", "--validation-every", "1", "--batch-size", "1", "--max-steps", "1",
-           "--lambda-lpips", "0.6", "--timestep-threshold", "500", "--checkpoint-every", "0", "--keep-best",
+           "--lambda-lpips", "0.6", "--lambda-face", "0", "--timestep-threshold", "500", "--checkpoint-every", "0",
+           "--keep-best",
            "--output", str(two)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
