@@ -48,7 +48,8 @@ def bucketed_set(tmp_path) -> Path:
 
 def config(data, output, **kw):
     values = dict(model="tiny", data=data, split="val", batch_size=1, seed=0, output=output, checkpoint_every=1,
-                  max_steps=3, objective={"lambda_lpips": 0.6, "lambda_face": 0.0, "timestep_threshold": 1000})  # fmt: skip
+                  max_steps=3,
+                  objective={"lambda_lpips": 0.6, "lambda_face": 0.0, "timestep_threshold": 1000})  # fmt: skip
     values.update(kw)
     return build_config(TrainConfig, None, **values)
 
