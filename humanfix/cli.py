@@ -93,6 +93,10 @@ def prepare_data(
     default_caption: Annotated[str | None, typer.Option(help="Caption for images without one.")] = None,
     save_crops: Annotated[bool | None, typer.Option(help="Write face and person crops (default yes).")] = None,
     face_detector: Annotated[str | None, typer.Option(help="mtcnn (default) or none (keypoints only).")] = None,
+    wholebody: Annotated[
+        Path | None, typer.Option(help="COCO-WholeBody v1.0 file of the split: its hand boxes win over keypoints.")
+    ] = None,
+    min_hand_size: Annotated[int | None, typer.Option(help="Least hand box side in output px (default 32).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
     """Turn MS COCO into the human-centric training set: images, person masks, boxes, faces, captions."""
@@ -107,7 +111,7 @@ def prepare_data(
         split=split, min_coverage=min_coverage, min_person_area=min_person_area, max_persons=max_persons,
         skip_crowd=skip_crowd, min_face_size=min_face_size, resolution=resolution, workers=workers, limit=limit,
         out=out, overwrite=overwrite or None, default_caption=default_caption, save_crops=save_crops,
-        face_detector=face_detector,
+        face_detector=face_detector, wholebody=wholebody, min_hand_size=min_hand_size,
     )  # fmt: skip
     summary = prepare(cfg)
     table = Table(title=f"prepare-data -> {cfg.out}")
