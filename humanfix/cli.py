@@ -238,9 +238,13 @@ def train(
     ] = None,
     lambda_lpips: Annotated[float | None, typer.Option(help="λ1, weight of masked LPIPS (default 0).")] = None,
     lambda_face: Annotated[float | None, typer.Option(help="λ2, weight of the face loss (default 0).")] = None,
+    lambda_hand: Annotated[
+        float | None, typer.Option(help="λ3, weight of LPIPS on hand crops (default 0; 0.1 recommended).")
+    ] = None,
     timestep_threshold: Annotated[int | None, typer.Option(help="T: perceptual terms for t < T (default 100).")] = None,
     lpips_layer_weights: Annotated[str | None, typer.Option(help="5 comma-separated LPIPS layer weights.")] = None,
     face_layer_weights: Annotated[str | None, typer.Option(help="Comma-separated face layer weights α_l.")] = None,
+    hand_layer_weights: Annotated[str | None, typer.Option(help="5 comma-separated hand-term LPIPS weights.")] = None,
     perceptual_weights: Annotated[
         str | None, typer.Option(help="pretrained (default) or random (default with --model tiny).")
     ] = None,
@@ -289,9 +293,11 @@ def train(
     objective = {
         "lambda_lpips": lambda_lpips,
         "lambda_face": lambda_face,
+        "lambda_hand": lambda_hand,
         "timestep_threshold": timestep_threshold,
         "lpips_layer_weights": _floats(lpips_layer_weights),
         "face_layer_weights": _floats(face_layer_weights),
+        "hand_layer_weights": _floats(hand_layer_weights),
         "perceptual_weights": perceptual_weights,
         "decode_region": decode_region,
     }
