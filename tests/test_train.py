@@ -433,9 +433,10 @@ def test_compile_wraps_unet_and_branch_and_changes_nothing_else(prepared_set, tm
         return real_compile(model, backend="eager", **kw)
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    plain = train(config(prepared_set, tmp_path / "plain", max_steps=2, checkpoint_every=1))
+    hands = {"objective": {"lambda_lpips": 0.6, "lambda_hand": 0.2, "timestep_threshold": 1000}}  # L_hand too
+    plain = train(config(prepared_set, tmp_path / "plain", max_steps=2, checkpoint_every=1, **hands))
     fresh_accelerate_state()
-    fast = train(config(prepared_set, tmp_path / "fast", max_steps=2, checkpoint_every=1, compile=True))
+    fast = train(config(prepared_set, tmp_path / "fast", max_steps=2, checkpoint_every=1, compile=True, **hands))
     assert compiled == ["UNet2DConditionModel", "ControlNetModel"]
     a = load_file(plain / "diffusion_pytorch_model.safetensors")
     b = load_file(fast / "diffusion_pytorch_model.safetensors")
@@ -444,7 +445,7 @@ def test_compile_wraps_unet_and_branch_and_changes_nothing_else(prepared_set, tm
     assert not any(k.startswith("_orig_mod") for k in ckpt)
     fresh_accelerate_state()
     resumed = train(
-        config(prepared_set, tmp_path / "fast", max_steps=2, resume=str(checkpoint_dirs(tmp_path / "fast")[0]))
+        config(prepared_set, tmp_path / "fast", max_steps=2, resume=str(checkpoint_dirs(tmp_path / "fast")[0]), **hands)
     )
     c = load_file(resumed / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a)  # a compiled run's checkpoint resumes without compiling
