@@ -284,10 +284,12 @@ def setup(config: TrainConfig, components: Any = None) -> Run:
     if config.cache_latents:
         from humanfix.data.latents import ensure_latent_cache
 
+        # One builder per key (the others wait on its lock): on this device, with the loader's workers.
+        sizes = [(r.height, r.width) for r in dataset.records]
+        workers = loader_workers(config.workers, accelerator.device, accelerator.num_processes)
         dataset.latents = ensure_latent_cache(
-            config.split_dir, dataset.image, len(dataset), components.vae, accelerator.device, config.batch_size,
-            accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone,
-        )  # fmt: skip
+            config.split_dir, dataset.image, sizes, components.vae, accelerator.device, workers
+        )
 
     # Fused AdamW: one kernel for all weights, and it skips a non-finite update on the device (found_inf).
     optimizer_cls, fused = torch.optim.AdamW, {"fused": True}
@@ -480,9 +482,7 @@ def batches(run: Run, start: int = 0) -> torch.utils.data.DataLoader:
 
     acc, cfg = run.accelerator, run.config
     on_gpu = acc.device.type == "cuda"
-    workers = cfg.workers
-    if workers is None:  # the CPU computes too: no workers there; on a GPU, a share of the cores per process
-        workers = min(8, (os.cpu_count() or 1) // max(1, acc.num_processes)) if on_gpu else 0
+    workers = loader_workers(cfg.workers, acc.device, acc.num_processes)
     sampler = EpochSampler(len(run.dataset), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, start)
     return torch.utils.data.DataLoader(
         run.dataset,
@@ -493,6 +493,13 @@ def batches(run: Run, start: int = 0) -> torch.utils.data.DataLoader:
         pin_memory=on_gpu,
         prefetch_factor=4 if workers else None,
     )
+
+
+def loader_workers(workers: int | None, device: torch.device, processes: int) -> int:
+    """``--workers``, or by default: none on the CPU (it computes too), on a GPU a share of the cores per process."""
+    if workers is not None:
+        return workers
+    return min(8, (os.cpu_count() or 1) // max(1, processes)) if device.type == "cuda" else 0
 
 
 def fit(run: Run) -> dict[str, Any]:

@@ -330,10 +330,11 @@ def test_two_processes_step_together_and_only_rank_zero_writes(prepared_set, tmp
         "metrics.jsonl",
         "training_config.toml",
     ]
-    # each rank encoded its share of the latent cache, rank 0 marked it complete
+    # one rank built the latent cache, the other waited for it and read it; no temporary folder is left
     from humanfix.data.latents import LatentCache
 
-    caches = [p.parent for p in (Path(os.environ["HUMANFIX_HOME"]) / "latents").glob("*/complete")]
+    caches = [p.parent for p in (Path(os.environ["HUMANFIX_HOME"]) / "latents").glob("*/meta.json")]
+    assert not list((Path(os.environ["HUMANFIX_HOME"]) / "latents").glob(".*.tmp"))
     assert caches and all(LatentCache(c)[2].abs().sum() > 0 for c in caches)
 
 

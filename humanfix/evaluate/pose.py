@@ -4,23 +4,32 @@ The score only flags what no body seen from any viewpoint can show. A photograph
 can shorten any bone to nothing (a forearm pointing at the camera) but never lengthen it, and a body
 may turn, bend and cross its limbs. So the checks are bounds that hold in any view:
 
-- **lengths** (``SEGMENTS``): each bone (and each whole limb) is at most its share of the stature
-  (Drillis & Contini's fractions) times the body's scale, times its ``tolerance`` (individual
-  proportions, perspective and keypoint placement noise, added as worst cases). The scale comes from
-  the *other* parts of the same body: a bone's 2D length shows the stature is at least
-  ``length / fraction``, and each group (left arm, right arm, left leg, right leg, torso) is judged
-  against the largest such bound among the other groups. So a forearm three times too long, a whole
-  arm too long, a torso stretched beyond its limbs, or a wrist dragged to the far side of the body
-  (its forearm becomes far too long) are caught; foreshortening is not.
-- **head** (``HEAD_CHECKS``): a face point farther from the shoulders' midpoint than head + neck, or a
-  face wider than a head is tall.
+- **scale**: each part's 2D length shows the stature is at least ``length / fraction`` (Drillis &
+  Contini's fractions); foreshortening only lowers that, so a body's stature is read from its parts
+  that show the most, but never from one part alone. Three estimates that no single corrupted part
+  can move: the torso's own (the larger of the shoulder line's and the spine's, shoulders' midpoint to
+  hips' midpoint: a right-angled plate, which any view shows at >= 1/√2 of one side), the head's (the
+  ear line and nose to ears: again directions at right angles) and the *second* largest of the four
+  limbs'. Their largest is the body's scale (``body``) for the head and the turns.
+- **lengths** (``SEGMENTS``): each bone (and each whole limb) is at most its fraction of the stature
+  times the scale the *other* groups show (left arm, right arm, left leg, right leg, torso, head: a
+  stretched part cannot vouch for itself), times its ``tolerance`` (``ALLOWANCE`` plus ``NOISE_Z``
+  SDs of COCO's keypoint noise along it). The references are discounted for their own noise
+  (``DISCOUNT_Z``: the largest of several noisy estimates is biased up). So a forearm three times too
+  long, a shin twice too long, a torso stretched beyond its limbs or a wrist dragged to the far side
+  of the body are caught where they show most of their length; foreshortening is not. The shoulder
+  line only sets the scale: seen from high above it is the one part that keeps its length.
+- **head** (``HEAD_CHECKS``): a face point farther from the shoulders' midpoint than head + neck;
+  a face point below the shoulders along the spine by more than a bowed head can dip, allowing for
+  the spine's foreshortening (a head moved below the hips); a face wider than a head is tall (judged
+  against the torso and limbs, not the face's own size).
 - **turns** (``TWISTS``, ``TORSO_SHEAR``): a vector of known 3D length seen at a fraction ``m`` of it
   has a depth component ``±sqrt(1 - |m|²)``, which bounds the 3D angle between two such vectors
-  (:func:`_angle_range`). The shoulder line and the hip line (or the line between the ears, or
-  eyes) must be able to lie within the spine's (the neck's) axial rotation of each other: hips
-  facing the camera under shoulders seen from behind, or a face looking out of a back, are left and
-  right chains crossed in a way no pose produces. The shoulder line must be able to stand within the
-  trunk's side bend of square to the spine.
+  (:func:`_angle_range`). The shoulder line and the hip line (at the torso's own scale, which the hip
+  labels cannot move), or the line between the ears (or eyes), must be able to lie within the spine's
+  (the neck's) axial rotation of each other: hips facing the camera under shoulders seen from behind,
+  or a face looking out of a back, are left and right chains crossed in a way no pose produces. The
+  shoulder line must be able to stand within the trunk's side bend of square to the spine.
 - **collapse** (``TORSO_COLLAPSE``): the torso is a plate (shoulder width × torso length) that any
   view shows at least ``min(width, length) / √2`` of: shoulders and hips on top of each other while
   the limbs show a full-size body are not a body.
@@ -74,11 +83,17 @@ HIP_WIDTH = 0.10
 # Face widths / stature (1.70 m): pupils 63 mm apart (adult mean, Dodgson 2004); ears (tragion to tragion)
 # ~145 mm (bitragion breadth, adult means of the ANSUR surveys).
 EYE_WIDTH, EAR_WIDTH = 0.037, 0.085
-# How far a 2D length may exceed fraction × scale (docs/evaluate.md, "The tolerance budget"): individual
-# proportions, perspective, and keypoint placement noise, added as worst cases (:func:`tolerance`).
-PROPORTIONS = 1.15  # 3 SD of the ~5% spread of segment lengths (5th-95th percentile ±8%, Huston 2009)
-PERSPECTIVE = 1.15  # a limb 0.5 H nearer the camera than the body, photographed from 3.8 H
+# Nose tip to an ear (tragion): ~120 mm deep and half the bitragion breadth (72 mm) across, 140 mm / 1.70 m.
+NOSE_TO_EAR = 0.082
+# How far a 2D length may exceed fraction × scale: ALLOWANCE (individual proportions: two SDs of the ratio
+# of two segments that each vary 5%, Huston 2009; and some perspective) plus NOISE_Z SDs of the keypoint
+# noise along it. The pair (ALLOWANCE, DISCOUNT_Z) was chosen on benchmarks/pose_plausibility.py as the
+# tightest that keeps real bodies >= 0.97 plausible in every view (docs/evaluate.md).
+ALLOWANCE = 1.15
 NOISE_Z = 2.0  # keypoint noise allowed, in standard deviations
+# The scale for the length checks discounts each part's estimate by (1 + DISCOUNT_Z × its noise SD): the
+# largest of several noisy estimates is biased up, and a noisy part (the ears) must not set it alone.
+DISCOUNT_Z = 0.5
 OBJECT_SCALE = 0.5  # sqrt(segmented area) / stature, the scale COCO's keypoint sigmas are relative to
 # COCO's per-keypoint spread of human annotations, relative to the object scale (cocoapi's OKS sigmas).
 COCO_SIGMAS = (0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087,
@@ -97,17 +112,6 @@ PLAUSIBLE = 0.5  # a person is plausible from this score on (= every check withi
 SOFTNESS = 0.25  # the score falls from 1 to 0 while the worst ratio goes from 1 - SOFTNESS to 1 + SOFTNESS
 
 
-def tolerance(sigmas: Sequence[float], fraction: float) -> float:
-    """How many times ``fraction`` × scale a 2D length may reach: the worst cases of the budget, added.
-
-    ``sigmas``: COCO sigmas of the keypoints whose placement errors add up along the length (an inner
-    point of a path counts twice). Noise in stature units is ``NOISE_Z · sqrt(Σσ²) · OBJECT_SCALE / √2``
-    (one axis of the 2D spread), relative to the length ``fraction``.
-    """
-    noise = NOISE_Z * math.sqrt(sum(s * s for s in sigmas)) * OBJECT_SCALE / math.sqrt(2)
-    return PROPORTIONS * PERSPECTIVE + noise / fraction
-
-
 @dataclass(frozen=True)
 class Segment:
     """A bone (two keypoints) or a limb (three), its length as a fraction of stature, its group and tolerance."""
@@ -116,12 +120,28 @@ class Segment:
     path: tuple[int, ...]
     fraction: float
     group: str  # segments of one group never set the scale they are judged by
-    scale_source: bool = True  # whether it bounds the stature (a limb repeats its bones; hips are too noisy)
+    scale_source: bool = True  # whether its length says how tall the body is (a limb repeats its bones)
+    judged: bool = True  # whether its length is checked (the shoulder line only sets the scale)
+
+    @property
+    def noise(self) -> float:
+        """SD of its 2D length from COCO's keypoint noise, relative to ``fraction`` × stature."""
+        inner = [2 * COCO_SIGMAS[i] for i in self.path[1:-1]]
+        return noise([COCO_SIGMAS[self.path[0]], COCO_SIGMAS[self.path[-1]], *inner], self.fraction)
 
     @property
     def tolerance(self) -> float:
-        inner = [2 * COCO_SIGMAS[i] for i in self.path[1:-1]]
-        return tolerance([COCO_SIGMAS[self.path[0]], COCO_SIGMAS[self.path[-1]], *inner], self.fraction)
+        return ALLOWANCE + NOISE_Z * self.noise
+
+
+def noise(sigmas: Sequence[float], fraction: float) -> float:
+    """SD of a length along keypoints with COCO sigmas ``sigmas``, relative to ``fraction`` × stature."""
+    return math.sqrt(sum(s * s for s in sigmas)) * OBJECT_SCALE / math.sqrt(2) / fraction
+
+
+def tolerance(sigmas: Sequence[float], fraction: float) -> float:
+    """How many times ``fraction`` × scale a 2D length may reach: the allowance plus ``NOISE_Z`` SDs of noise."""
+    return ALLOWANCE + NOISE_Z * noise(sigmas, fraction)
 
 
 def _limb(side: str, limb: str) -> tuple[Segment, ...]:
@@ -144,11 +164,18 @@ SEGMENTS = (
     *_limb("right", "arm"),
     *_limb("left", "leg"),
     *_limb("right", "leg"),
-    Segment("shoulder width", (K["left_shoulder"], K["right_shoulder"]), SHOULDER_WIDTH, "torso"),
+    Segment("shoulder width", (K["left_shoulder"], K["right_shoulder"]), SHOULDER_WIDTH, "torso", judged=False),
     Segment("hip width", (K["left_hip"], K["right_hip"]), HIP_WIDTH, "torso", scale_source=False),
     Segment("left torso side", (K["left_shoulder"], K["left_hip"]), TORSO_SIDE, "torso"),
     Segment("right torso side", (K["right_shoulder"], K["right_hip"]), TORSO_SIDE, "torso"),
+    Segment("ear width", (K["left_ear"], K["right_ear"]), EAR_WIDTH, "head", judged=False),
+    Segment("nose to left ear", (K["nose"], K["left_ear"]), NOSE_TO_EAR, "head", judged=False),
+    Segment("nose to right ear", (K["nose"], K["right_ear"]), NOSE_TO_EAR, "head", judged=False),
 )
+# The spine (shoulders' midpoint to hips' midpoint) sets the scale with the shoulder line: swapping the
+# hips' labels leaves it as it is. Its noise: each midpoint's is a keypoint's over √2.
+SHOULDER_NOISE = noise([COCO_SIGMAS[5], COCO_SIGMAS[6]], SHOULDER_WIDTH)
+SPINE_NOISE = noise([COCO_SIGMAS[5] / math.sqrt(2), COCO_SIGMAS[11] / math.sqrt(2)], TORSO_SIDE)
 # The head's two checks: the face point farthest from the shoulders' midpoint (head + neck), and the
 # face's widest span (a head's height); the midpoint's noise is a shoulder's over √2.
 HEAD_OFF_TOLERANCE = tolerance([max(COCO_SIGMAS[:5]), COCO_SIGMAS[5] / math.sqrt(2)], HEAD_AND_NECK)
@@ -165,12 +192,23 @@ TWISTS = (
     ("torso twist", "shoulders", ("hips",), MAX_TORSO_TWIST),
     ("head twist", "shoulders", ("ears", "eyes"), MAX_HEAD_TWIST),
 )
-HEAD_CHECKS = ("head off the shoulders", "face too large")
+HEAD_BELOW = "head below the shoulders"
+HEAD_CHECKS = ("head off the shoulders", HEAD_BELOW, "face too large")
+# How far below the shoulders' midpoint, along the spine, a face point can go (statures): the nose with the
+# chin on the chest and the upper back rounded.
+HEAD_DIP = 0.08
+# SD (statures) of a face point's offset from the shoulders' midpoint along the spine, from COCO's noise.
+HEAD_DIP_NOISE = math.hypot(max(COCO_SIGMAS[:5]), COCO_SIGMAS[5] / math.sqrt(2)) * OBJECT_SCALE / math.sqrt(2)
 # The torso's extent (the longer of shoulder width and shoulders-to-hips) may look this much too short.
-TORSO_TOLERANCE = max(seg.tolerance for seg in SEGMENTS if seg.group == "torso" and seg.scale_source)
+TORSO_TOLERANCE = ALLOWANCE + NOISE_Z * SPINE_NOISE
 TORSO_COLLAPSE = "torso collapsed"
 TORSO_SHEAR = "torso shear"
-CHECKS = tuple(s.name for s in SEGMENTS) + HEAD_CHECKS + tuple(t[0] for t in TWISTS) + (TORSO_SHEAR, TORSO_COLLAPSE)
+CHECKS = (
+    tuple(s.name for s in SEGMENTS if s.judged)
+    + HEAD_CHECKS
+    + tuple(t[0] for t in TWISTS)
+    + (TORSO_SHEAR, TORSO_COLLAPSE)
+)
 
 
 @dataclass
@@ -190,8 +228,8 @@ def pose_plausibility(keypoints: np.ndarray | Sequence, min_confidence: float = 
     """Plausibility of each skeleton: P×17×3 (x, y, visibility or confidence) -> P scores in [0, 1].
 
     Keypoints are in COCO order, in pixels (any consistent unit); a keypoint counts when its third
-    value is above ``min_confidence`` (0 = missing, as in COCO's v). A person with fewer than
-    ``MIN_BODY_KEYPOINTS`` body keypoints, or with no check that can be evaluated, scores NaN.
+    value is at least ``min_confidence`` and above 0 (0 = missing, as in COCO's v). A person with fewer
+    than ``MIN_BODY_KEYPOINTS`` body keypoints, or with no check that can be evaluated, scores NaN.
     1 means plausible, and a score >= ``PLAUSIBLE`` means every check holds (see the module docstring).
     """
     return np.array([v.score for v in judge(keypoints, min_confidence)], dtype=np.float64)
@@ -210,7 +248,7 @@ def judge(keypoints: np.ndarray | Sequence, min_confidence: float = 0.0) -> list
 
 
 def _judge_one(p: np.ndarray, min_confidence: float) -> Verdict:
-    present = (p[:, 2] > min_confidence) & np.isfinite(p[:, :2]).all(axis=1)
+    present = (p[:, 2] > 0) & (p[:, 2] >= min_confidence) & np.isfinite(p[:, :2]).all(axis=1)
     xy = p[:, :2]
     if int(present[list(BODY)].sum()) < MIN_BODY_KEYPOINTS:
         return Verdict(math.nan, {})
@@ -222,53 +260,83 @@ def _judge_one(p: np.ndarray, min_confidence: float) -> Verdict:
         return sum(dist(i, j) for i, j in zip(seg.path, seg.path[1:], strict=False))
 
     lengths = {seg.name: length(seg) for seg in SEGMENTS if present[list(seg.path)].all()}
-    implied = {
-        seg.name: lengths[seg.name] / seg.fraction for seg in SEGMENTS if seg.scale_source and seg.name in lengths
-    }
-    groups = {seg.name: seg.group for seg in SEGMENTS}
+    # each part's estimate of the stature: at least its 2D length / its fraction; the noisy ones discounted
+    shoulders = bool(present[K["left_shoulder"]] and present[K["right_shoulder"]])
+    both_hips = bool(present[K["left_hip"]] and present[K["right_hip"]])
+    neck = (xy[K["left_shoulder"]] + xy[K["right_shoulder"]]) / 2
+    pelvis = (xy[K["left_hip"]] + xy[K["right_hip"]]) / 2
+    estimates: dict[str, list[tuple[float, float]]] = {}  # per group: (estimate, its noise SD) per part
+    spine_known = shoulders and both_hips  # then the spine stands for the torso's sides (hip labels cannot move it)
+    for seg in SEGMENTS:
+        if seg.scale_source and seg.name in lengths and not (seg.name.endswith("torso side") and spine_known):
+            estimates.setdefault(seg.group, []).append((lengths[seg.name] / seg.fraction, seg.noise))
+    if spine_known:
+        estimates.setdefault("torso", []).append((float(np.hypot(*(neck - pelvis))) / TORSO_SIDE, SPINE_NOISE))
+    # the length checks' scales discount noisy estimates (the largest of several noisy ones is biased up);
+    # the turns and the head take them as they are (too small a scale would leave no room for depth)
+    groups = {g: max(s / (1 + DISCOUNT_Z * n) for s, n in v) for g, v in estimates.items()}
+    raw = {g: max(s for s, _ in v) for g, v in estimates.items()}
+    plate = raw.get("torso", 0.0)  # the torso's own scale: shoulder line and spine
+    head = raw.get("head", 0.0)  # the head's: the ear line and nose to ears
 
     def scale(excluding: str | None = None) -> float:
-        """The stature (pixels) the bones outside group ``excluding`` show at least; 0 when none."""
-        return max((s for name, s in implied.items() if groups[name] != excluding), default=0.0)
+        """The stature (pixels) the parts outside group ``excluding`` show; 0 when none."""
+        return max((s for g, s in groups.items() if g != excluding), default=0.0)
+
+    limb_scales = sorted((s for g, s in raw.items() if g not in ("torso", "head")), reverse=True)
+    second = limb_scales[1] if len(limb_scales) > 1 else 0.0  # no one limb can raise it
+    body = max(plate, head, second)
 
     ratios: dict[str, float] = {}
     for seg in SEGMENTS:
-        s = scale(seg.group)
-        if seg.name in lengths and s > 0:
+        # a torso segment is also judged against the shoulder line and spine (hip labels cannot move those)
+        s = max(scale(seg.group), groups.get("torso", 0.0)) if seg.group == "torso" else scale(seg.group)
+        if seg.judged and seg.name in lengths and s > 0:
             ratios[seg.name] = lengths[seg.name] / (seg.tolerance * seg.fraction * s)
 
-    body = scale()
-    shoulders = bool(present[K["left_shoulder"]] and present[K["right_shoulder"]])
-    neck = (xy[K["left_shoulder"]] + xy[K["right_shoulder"]]) / 2
     face = [i for i in FACE if present[i]]
-    if body > 0 and shoulders and face:
-        far = max(float(np.hypot(*(xy[i] - neck))) for i in face)
-        ratios["head off the shoulders"] = far / (HEAD_OFF_TOLERANCE * HEAD_AND_NECK * body)
-        if len(face) >= 2:
-            wide = max(dist(i, j) for n, i in enumerate(face) for j in face[n + 1 :])
-            ratios["face too large"] = wide / (FACE_TOLERANCE * HEAD_HEIGHT * body)
+    sides = [i for i in (K["left_shoulder"], K["right_shoulder"]) if present[i]]
+    if body > 0 and sides and face:  # from one shoulder, the head may be half a shoulder line farther
+        root, extra = (neck, 0.0) if shoulders else (xy[sides[0]], SHOULDER_WIDTH / 2)
+        far = max(float(np.hypot(*(xy[i] - root))) for i in face)
+        ratios["head off the shoulders"] = far / (HEAD_OFF_TOLERANCE * (HEAD_AND_NECK + extra) * body)
+        hip_side = [i for i in (K["left_hip"], K["right_hip"]) if present[i]]
+        if hip_side:  # how far the face dips below the shoulders along the spine
+            base = pelvis if both_hips else xy[hip_side[0]]
+            extra += 0.0 if both_hips else HIP_WIDTH / 2
+            up = root - base
+            span = float(np.hypot(*up))
+            if span > 0:
+                c = min(1.0, span / (TORSO_SIDE * body))  # the fraction of its length the spine shows
+                dip = -min(float((xy[i] - root) @ up) for i in face) / span
+                # a head dips at most HEAD_DIP below the shoulders along the spine; a spine seen at c of
+                # its length lets a vector of length l show up to sqrt(1 - c²) l more along it
+                allowed = ALLOWANCE * (HEAD_DIP * c + math.sqrt(1 - c * c) * (HEAD_AND_NECK + extra))
+                ratios[HEAD_BELOW] = dip / ((allowed + NOISE_Z * HEAD_DIP_NOISE) * body)
+    own = max(plate, second)  # the face is not judged by its own size; the shoulder line must be there
+    if own > 0 and shoulders and len(face) >= 2:
+        wide = max(dist(i, j) for n, i in enumerate(face) for j in face[n + 1 :])
+        ratios["face too large"] = wide / (FACE_TOLERANCE * HEAD_HEIGHT * own)
 
-    # The torso's shape and turn are judged at the scale the limbs show (as its lengths are).
-    limbs = scale("torso")
-    if limbs > 0:
+    if body > 0 and plate > 0:
         for name, first, others, limit in TWISTS:
             for other in others:  # the first of ``others`` with both keypoints
                 if present[AXES[other][0]] and present[AXES[other][1]]:
-                    twist = _twist(xy, present, AXES[first], AXES[other], limbs)
+                    twist = _twist(xy, present, AXES[first], AXES[other], plate if other == "hips" else body)
                     if twist is not None:
                         ratios[name] = twist / limit
                     break
-    if limbs > 0 and shoulders and present[K["left_hip"]] and present[K["right_hip"]]:
-        pelvis = (xy[K["left_hip"]] + xy[K["right_hip"]]) / 2
-        across = (xy[K["left_shoulder"]] - xy[K["right_shoulder"]]) / (SHOULDER_WIDTH * limbs)
-        lo, hi = _angle_range(across, (neck - pelvis) / (TORSO_SIDE * limbs))
+    if body > 0 and shoulders and both_hips:
+        across = (xy[K["left_shoulder"]] - xy[K["right_shoulder"]]) / (SHOULDER_WIDTH * body)
+        lo, hi = _angle_range(across, (neck - pelvis) / (TORSO_SIDE * body))
         ratios[TORSO_SHEAR] = max(0.0, lo - 90, 90 - hi) / MAX_SHEAR
 
+    limbs = scale("torso")
     hips = [i for i in (K["left_hip"], K["right_hip"]) if present[i]]
     if limbs > 0 and shoulders and hips:
         extent = max(dist(K["left_shoulder"], K["right_shoulder"]), float(np.hypot(*(neck - xy[hips].mean(axis=0)))))
         # the limbs may show up to their tolerance too much, the torso up to its tolerance too little
-        slack = TORSO_TOLERANCE * max(seg.tolerance for seg in SEGMENTS if seg.group != "torso")
+        slack = TORSO_TOLERANCE * max(seg.tolerance for seg in SEGMENTS if seg.group not in ("torso", "head"))
         ratios[TORSO_COLLAPSE] = min(SHOULDER_WIDTH, TORSO_SIDE) / math.sqrt(2) * limbs / slack / max(extent, 1e-9)
 
     if not ratios:

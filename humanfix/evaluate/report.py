@@ -251,7 +251,7 @@ def write_report(
     """Write the report page to ``path``; returns it. ``groups``: images per model label.
 
     ``skeletons``: per image, ``{"w", "h", "persons": [{"keypoints": 17×[x, y, c], "plausibility", "failed"}]}``
-    (as in pose.jsonl); keypoints with ``c`` <= ``keypoint_threshold`` are not drawn.
+    (as in pose.jsonl); keypoints with ``c`` below ``keypoint_threshold`` (or 0) are not drawn.
     """
     from humanfix.evaluate.pose import PLAUSIBLE, SKELETON
 

@@ -327,7 +327,7 @@ def _measure_pose(
         elif summary["n_scored"] == 0:
             notes.append(
                 f"pose, {label}: none of {summary['n_persons']} person(s) has {P.MIN_BODY_KEYPOINTS} body keypoints"
-                + ("" if ground_truth else f" above --keypoint-threshold {config.keypoint_threshold}")
+                + ("" if ground_truth else f" at or above --keypoint-threshold {config.keypoint_threshold}")
                 + ": no plausibility"
             )
         for im, vs in zip(images, verdicts, strict=True):

@@ -87,9 +87,9 @@ def test_skeleton_overlay_is_drawn_over_the_images(tmp_path, compare_output):
         [29, 30, 0.9],
         [35, 45, 0.9],
         [29, 45, 0.9],
-        [35, 60, 0.9],
+        [35, 60, 0.3],
         [29, 60, 0.1],
-    ]  # fmt: skip  right ankle not drawn
+    ]  # fmt: skip  left ankle drawn (confidence = the threshold: counted), right ankle not drawn
     person = {"keypoints": standing, "plausibility": 1.0, "failed": []}
     first = [it.path for it in groups["base"]]
     skeletons = {first[0]: {"w": 64, "h": 64, "persons": [person]}, first[1]: {"w": 64, "h": 64, "persons": []}}

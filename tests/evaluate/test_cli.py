@@ -261,4 +261,4 @@ def test_pose_ground_truth_of_the_prepared_ochuman_sample_is_plausible(tmp_path,
     assert code == 0, err
     real = json.loads((tmp_path / "out" / "metrics.json").read_text())["real"]["pose"]
     assert (real["n_images"], real["n_persons"], real["n_scored"]) == (3, 5, 5)
-    assert real["plausible_rate"] == 1.0 and real["plausibility"] == 1.0
+    assert real["plausible_rate"] == 1.0 and real["plausibility"] > 0.9  # every check within ~80% of its limit

@@ -132,7 +132,7 @@
         const s = person.plausibility;
         const color = s === null ? "#9e9e9e" : (s >= pose.plausible_from ? "#1a9e3a" : "#d62728");
         const kp = person.keypoints;
-        const ok = (i) => kp[i][2] > pose.min_confidence;
+        const ok = (i) => kp[i][2] > 0 && kp[i][2] >= pose.min_confidence;  // counted from the threshold on, as scored
         const g = svgEl("g", { stroke: color, fill: color });
         const title = svgEl("title", {});
         title.textContent = (s === null ? "not scored (too few keypoints)" : "plausibility " + s.toFixed(2)) +
