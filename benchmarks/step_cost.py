@@ -13,8 +13,9 @@ Each mode runs in its own process so that its peak memory is its own:
 Each process builds the models, runs ``--warmup`` updates, then times ``--steps`` full updates (forward,
 backward, clipping, optimizer step) on a batch of ``--batch-size`` copies of the standard scene: at 512²
 one person box of 240×384 px (35% of the frame, mask = box) with one 48×48 face; ``--persons N`` places N
-such persons side by side (narrower when needed). The last line printed is JSON, with ``plain_img_per_s``,
-``perceptual_img_per_s``, ``diffusers_img_per_s`` and ``peak_gb``.
+such persons side by side (narrower when needed); ``--hands N`` puts N 40×40 hands (at 512²) in the first
+person's box, at its lower corners (hands lie inside the person window, as in a photo). The last line printed
+is JSON, with ``plain_img_per_s``, ``perceptual_img_per_s``, ``diffusers_img_per_s`` and ``peak_gb``.
 
     python benchmarks/step_cost.py                         # the standard scene, 512², CPU fp32
     python benchmarks/step_cost.py --resolution 256 --persons 2
@@ -26,6 +27,7 @@ such persons side by side (narrower when needed). The last line printed is JSON,
     python benchmarks/step_cost.py --measure-region-error  # box-window decode vs full decode
     python benchmarks/step_cost.py --measure-decode        # the decode alone, humanfix vs diffusers' vae.decode
     python benchmarks/step_cost.py --adapter lora --modes plain,perceptual,adapters  # a UNet LoRA vs the branch
+    python benchmarks/step_cost.py --hands 2 --modes hand --resolution 256  # with L_hand (λ3) vs without, alternating
 
 A LoRA on the UNet (rank ``--lora-rank``, attention targets) in place of the branch, same scene: its step skips
 the branch's forward and backward. ``--adapter lora`` runs the plain and perceptual modes with the LoRA too, each
@@ -66,7 +68,15 @@ def scene_boxes(resolution: int, persons: int, faces: int) -> tuple[list[list[in
     return person_boxes, face_boxes
 
 
-def write_scene(folder: Path, resolution: int, persons: int, faces: int) -> Path:
+def scene_hands(resolution: int, person_box: list[int], hands: int) -> list[list[int]]:
+    """Up to two hand boxes (40² at 512², scaled) at the lower corners of ``person_box``, left then right."""
+    s = round(40 * resolution / 512)
+    x0, y0, x1, y1 = person_box
+    top = y0 + round(0.55 * (y1 - y0))
+    return [[x0, top, x0 + s, top + s], [x1 - s, top, x1, top + s]][:hands]
+
+
+def write_scene(folder: Path, resolution: int, persons: int, faces: int, hands: int = 0) -> Path:
     """A one-image prepared split with the scene's boxes; returns the data folder."""
     import numpy as np
     from PIL import Image
@@ -95,6 +105,9 @@ def write_scene(folder: Path, resolution: int, persons: int, faces: int) -> Path
                 face_boxes=face_boxes,
                 face_sources=["keypoints"] * len(face_boxes),
                 keypoints=kp,
+                hand_boxes=scene_hands(resolution, person_boxes[0], hands),
+                hand_sides=["left", "right"][:hands],
+                hand_sources=["keypoints"] * hands,
                 coverage=float(mask.mean() / 255),
                 coco_id=1,
                 width=resolution,
@@ -142,13 +155,14 @@ def build(args: argparse.Namespace, tmp: Path, perceptual: bool):
     objective = {
         "lambda_lpips": lambdas[0],
         "lambda_face": lambdas[1],
+        "lambda_hand": args.lambda_hand if perceptual else 0.0,
         "timestep_threshold": args.timestep_threshold,
         "perceptual_weights": "random",
         "decode_region": args.decode_region,
         "decode_margin": args.decode_margin,
         "decoder_checkpointing": args.decoder_checkpointing,
     }
-    data = write_scene(tmp / "data", args.resolution, args.persons, args.faces)
+    data = write_scene(tmp / "data", args.resolution, args.persons, args.faces, args.hands)
     cfg = build_config(
         TrainConfig,
         None,
@@ -214,7 +228,7 @@ def peak_gb(device: torch.device) -> float:
 
 def worker(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        run, cfg = build(args, Path(tmp), perceptual=args.mode in ("perceptual", "ratio", "adapters"))
+        run, cfg = build(args, Path(tmp), perceptual=args.mode in ("perceptual", "ratio", "adapters", "hand"))
         batch = scene_batch(run, args.batch_size)
         # "interleaved" alternates humanfix's plain step and the diffusers step in one process: the fairest
         # timing of the two (same models, same memory state, same machine load); its peak is shared.
@@ -225,6 +239,8 @@ def worker(args: argparse.Namespace) -> dict:
             steps = [_with_objective(run, cfg, plain=True), _with_objective(run, cfg, plain=False)]
         if args.mode == "adapters":
             steps = _adapter_steps(run, cfg, args.lora_rank)
+        if args.mode == "hand":  # the perceptual step without the hand term, then with it, alternating
+            steps = [_with_objective(run, cfg, plain=False, hand=False), _with_objective(run, cfg, plain=False)]
         result = {"mode": args.mode, **time_steps(run, cfg, steps, batch, args.warmup, args.steps)}
         result["peak_gb"] = peak_gb(run.accelerator.device)
     first = steps[0].__name__
@@ -303,8 +319,9 @@ def measure_loader(args: argparse.Namespace) -> dict:
             "cpu_count": os.cpu_count()}  # fmt: skip
 
 
-def _with_objective(run, cfg, plain: bool):
-    """humanfix's step with the plain (λ = 0) or the configured perceptual objective swapped into ``run``."""
+def _with_objective(run, cfg, plain: bool, hand: bool = True):
+    """humanfix's step with the plain (λ = 0) or the configured perceptual objective swapped into ``run``;
+    ``hand=False``: the perceptual objective without its hand term (λ3 = 0)."""
     from dataclasses import replace
 
     from humanfix.losses.objective import MaskAwareObjective
@@ -312,14 +329,17 @@ def _with_objective(run, cfg, plain: bool):
     sched = run.components.noise_scheduler
     objective = run.objective
     if plain:
-        config = replace(cfg.objective, lambda_lpips=0.0, lambda_face=0.0)
+        config = replace(cfg.objective, lambda_lpips=0.0, lambda_face=0.0, lambda_hand=0.0)
+        objective = MaskAwareObjective(config, sched.alphas_cumprod, sched.config.prediction_type)
+    elif not hand:
+        config = replace(cfg.objective, lambda_hand=0.0)
         objective = MaskAwareObjective(config, sched.alphas_cumprod, sched.config.prediction_type)
 
     def step(run_, batch, g, compute_loss):
         run_.objective = objective
         humanfix_step(run_, batch, g, compute_loss)
 
-    step.__name__ = "plain_step" if plain else "perceptual_step"
+    step.__name__ = "plain_step" if plain else ("perceptual_step" if hand else "perceptual_no_hand_step")
     return step
 
 
@@ -481,6 +501,8 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--persons", type=int, default=1)
     ap.add_argument("--faces", type=int, default=1)
+    ap.add_argument("--hands", type=int, default=0, choices=[0, 1, 2], help="hands in the first person's box")
+    ap.add_argument("--lambda-hand", type=float, default=0.1, help="λ3 of the perceptual step, where there are hands")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--model", default="sd15", choices=["sd15", "tiny"])
@@ -501,7 +523,7 @@ def main() -> None:
         "--modes",
         default="plain,perceptual,diffusers",
         help="plain, perceptual, diffusers, interleaved (humanfix vs diffusers), ratio (plain vs perceptual), "
-        "adapters (branch vs LoRA)",
+        "adapters (branch vs LoRA), hand (perceptual without vs with L_hand)",
     )
     ap.add_argument("--decode-region", default="boxes", choices=["boxes", "full"])
     ap.add_argument("--decode-margin", type=int, default=2)
@@ -556,6 +578,8 @@ def main() -> None:
         "resolution": args.resolution,
         "persons": args.persons,
         "faces": args.faces,
+        "hands": args.hands,
+        "lambda_hand": args.lambda_hand,
         "device": args.device,
         "dtype": args.dtype,
         "model": args.model,
@@ -579,6 +603,13 @@ def main() -> None:
             ratio_plain_s=r["plain_step"]["step_s"],
             ratio_perceptual_s=r["perceptual_step"]["step_s"],
             time_ratio_interleaved=r["perceptual_step"]["step_s"] / r["plain_step"]["step_s"],
+        )
+    if "hand" in results:
+        r = results["hand"]
+        summary.update(
+            no_hand_s=r["perceptual_no_hand_step"]["step_s"],
+            hand_s=r["perceptual_step"]["step_s"],
+            hand_vs_no_hand_interleaved=r["perceptual_step"]["step_s"] / r["perceptual_no_hand_step"]["step_s"],
         )
     if "interleaved" in results:
         r = results["interleaved"]

@@ -131,6 +131,10 @@ def prepare_data(
     default_caption: Annotated[str | None, typer.Option(help="Caption for images without one.")] = None,
     save_crops: Annotated[bool | None, typer.Option(help="Write face and person crops (default yes).")] = None,
     face_detector: Annotated[str | None, typer.Option(help="mtcnn (default) or none (keypoints only).")] = None,
+    wholebody: Annotated[
+        Path | None, typer.Option(help="COCO-WholeBody v1.0 file of the split: its hand boxes win over keypoints.")
+    ] = None,
+    min_hand_size: Annotated[int | None, typer.Option(help="Least hand box side in output px (default 32).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with these options (flags override it).")] = None,
 ) -> None:
     """Turn MS COCO into the human-centric training set: images, person masks, boxes, faces, captions."""
@@ -148,7 +152,7 @@ def prepare_data(
         split=split, min_coverage=min_coverage, min_person_area=min_person_area, max_persons=max_persons,
         skip_crowd=skip_crowd, min_face_size=min_face_size, resolution=resolution, workers=workers, limit=limit,
         output=output, overwrite=overwrite or None, default_caption=default_caption, save_crops=save_crops,
-        face_detector=face_detector, crop=crop, buckets=buckets,
+        face_detector=face_detector, crop=crop, buckets=buckets, wholebody=wholebody, min_hand_size=min_hand_size,
     )  # fmt: skip
     summary = prepare(cfg)
     table = Table(title=f"prepare-data -> {cfg.output}")
@@ -288,6 +292,9 @@ def train(
     ] = None,
     lambda_lpips: Annotated[float | None, typer.Option(help="λ1, weight of masked LPIPS (default 0.2).")] = None,
     lambda_face: Annotated[float | None, typer.Option(help="λ2, weight of the face loss (default 0.5).")] = None,
+    lambda_hand: Annotated[
+        float | None, typer.Option(help="λ3, weight of LPIPS on hand crops (default 0; 0.1 recommended).")
+    ] = None,
     timestep_threshold: Annotated[int | None, typer.Option(help="T: perceptual terms for t < T (default 100).")] = None,
     lpips_layer_weights: Annotated[
         str | None, typer.Option(help="5 comma-separated LPIPS layer weights (default 1,1,1,1,1).")
@@ -300,6 +307,9 @@ def train(
     ] = None,
     face_layer_weights: Annotated[
         str | None, typer.Option(help="Comma-separated face layer weights α_l (default all 1).")
+    ] = None,
+    hand_layer_weights: Annotated[
+        str | None, typer.Option(help="5 comma-separated hand-term LPIPS weights (default 1,1,1,1,1).")
     ] = None,
     perceptual_weights: Annotated[
         str | None, typer.Option(help="pretrained (default) or random (default with --model tiny).")
@@ -419,11 +429,13 @@ def train(
     objective = {
         "lambda_lpips": lambda_lpips,
         "lambda_face": lambda_face,
+        "lambda_hand": lambda_hand,
         "timestep_threshold": timestep_threshold,
         "lpips_layer_weights": _floats(lpips_layer_weights),
         "lpips_crop_size": lpips_crop_size,
         "face_layers": tuple(face_layers.split(",")) if face_layers else None,
         "face_layer_weights": _floats(face_layer_weights),
+        "hand_layer_weights": _floats(hand_layer_weights),
         "perceptual_weights": perceptual_weights,
         "vgg_weights": vgg_weights,
         "facenet_weights": facenet_weights,

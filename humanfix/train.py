@@ -598,6 +598,7 @@ def loss_at(
         person_boxes=batch["person_boxes"],
         face_boxes=batch["face_boxes"],
         host_timesteps=host_timesteps.tolist(),
+        hand_boxes=batch.get("hand_boxes"),
     )
 
 
@@ -880,6 +881,7 @@ def _log_update(
         "loss_ldm": totals["loss_ldm"] / n,
         "loss_lpips": totals["lpips"] / totals["n_lpips"] if totals["n_lpips"] else math.nan,
         "loss_face": totals["face"] / totals["n_face"] if totals["n_face"] else math.nan,
+        "loss_hand": totals["hand"] / totals["n_hand"] if totals["n_hand"] else math.nan,
         "gated_fraction": totals["n_gated"] / n,
         "grad_norm": grad_norm / acc.num_processes,
         "skipped": bad or nonfinite,

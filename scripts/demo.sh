@@ -17,29 +17,33 @@ stage() { printf '\n\033[1m== %s\033[0m (%ss)\n' "$1" "$(( $(date +%s) - start )
 stage "1/6 sample set: 6 COCO-format images of 2 real people from scikit-image"
 "$PY" -m humanfix.data.sample "$OUT/coco"
 
-stage "2/6 prepare-data: filter, resize to 128², person masks, face boxes (keypoints + MTCNN), crops"
-"$HF" prepare-data --coco-root "$OUT/coco" --split val --resolution 128 --min-face-size 8 --workers 2 --output "$OUT/data"
+stage "2/6 prepare-data: filter, resize to 128², person masks, face boxes (keypoints + MTCNN), hand boxes, crops"
+"$HF" prepare-data --coco-root "$OUT/coco" --split val --resolution 128 --min-face-size 8 --min-hand-size 8 \
+  --workers 2 --output "$OUT/data"
 
 losses() {
   "$PY" - "$1/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 first, last = rows[0], rows[-1]
-print(f"   step {first['step']}: loss {first['loss']:.4f} (LDM {first['loss_ldm']:.4f}, LPIPS {first['loss_lpips']:.4f}, "
-      f"face {first['loss_face']:.4f})")
-print(f"   step {last['step']}: loss {last['loss']:.4f} (LDM {last['loss_ldm']:.4f}, LPIPS {last['loss_lpips']:.4f}, "
-      f"face {last['loss_face']:.4f}); {last['images_per_s']:.1f} images/s")
+f = lambda v: "-" if v is None else f"{v:.4f}"  # a term is null in an update where no sample had it
+hands = [r["loss_hand"] for r in rows if r.get("loss_hand") is not None]
+print(f"   step {first['step']}: loss {first['loss']:.4f} (LDM {first['loss_ldm']:.4f}, LPIPS {f(first['loss_lpips'])}, "
+      f"face {f(first['loss_face'])}, hand {f(first.get('loss_hand'))})")
+print(f"   step {last['step']}: loss {last['loss']:.4f} (LDM {last['loss_ldm']:.4f}, LPIPS {f(last['loss_lpips'])}, "
+      f"face {f(last['loss_face'])}, hand {f(last.get('loss_hand'))}); {last['images_per_s']:.1f} images/s; "
+      f"L_hand in {len(hands)} of {len(rows)} updates")
 PY
 }
 
 stage "3/6 train: 30 steps of a ControlNet branch on the tiny model, default objective (T=1000: every sample gated in)"
 "$HF" train --model tiny --data "$OUT/data" --split val --batch-size 2 --max-steps 30 --learning-rate 1e-4 \
-  --timestep-threshold 1000 --checkpoint-every 15 --output "$OUT/run"
+  --lambda-hand 0.1 --timestep-threshold 1000 --checkpoint-every 15 --output "$OUT/run"
 losses "$OUT/run"
 
 stage "4/6 train: the same objective on a rank-8 LoRA on the UNet instead (diffusers and A1111/ComfyUI files)"
 "$HF" train --model tiny --adapter lora --lora-rank 8 --data "$OUT/data" --split val --batch-size 2 --max-steps 30 \
-  --learning-rate 1e-3 --timestep-threshold 1000 --checkpoint-every 15 \
+  --learning-rate 1e-3 --lambda-hand 0.1 --timestep-threshold 1000 --checkpoint-every 15 \
   --output "$OUT/run-lora"
 losses "$OUT/run-lora"
 

@@ -126,7 +126,7 @@ def tiny_components(tiny_model):
 
 
 def write_prepared_split(split_dir: Path, n: int = 3, size: int = 64, seed: int = 0) -> Path:
-    """A tiny prepared split in the prepare-data layout: n random images with one person and one face each."""
+    """A tiny prepared split in the prepare-data layout: n random images with one person, one face and two hands."""
     import numpy as np
     from PIL import Image
 
@@ -154,6 +154,12 @@ def write_prepared_split(split_dir: Path, n: int = 3, size: int = 64, seed: int 
                 face_boxes=[face],
                 face_sources=["keypoints"],
                 keypoints=[kp],
+                hand_boxes=[
+                    [p[0], 9 * size // 16, p[0] + size // 4, 13 * size // 16],
+                    [p[2] - size // 4, 9 * size // 16, p[2], 13 * size // 16],
+                ],
+                hand_sides=["left", "right"],
+                hand_sources=["keypoints", "wholebody"],
                 coverage=0.375,
                 coco_id=cid,
                 width=size,

@@ -80,6 +80,25 @@ def test_perceptual_terms_alone_move_the_zero_convolutions(prepared_set, tmp_pat
     assert moved > 0
 
 
+def test_hand_term_alone_moves_the_zero_convolutions_is_logged_and_resumes_exactly(prepared_set, tmp_path):
+    """λ3 = 1 (L_LDM weight 0 on every sample: each has two hands), cached latents, TensorBoard; 2 steps straight
+    against 1 step then a resume."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    kw = dict(objective={"lambda_hand": 1.0, "timestep_threshold": 1000}, cache_latents=True, checkpoint_every=1)
+    straight = train(config(prepared_set, tmp_path / "straight", max_steps=2, log_with="tensorboard", **kw))
+    a = load_file(straight / "diffusion_pytorch_model.safetensors")
+    assert sum(v.abs().sum().item() for v in zero_convs(a).values()) > 0
+    rows = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["loss_hand"], float) and r["loss_hand"] > 0 and r["loss_lpips"] is None for r in rows)
+    runs = [EventAccumulator(str(f.parent)).Reload() for f in (tmp_path / "straight" / "logs").rglob("events.*")]
+    assert any("loss_hand" in r.Tags()["scalars"] for r in runs)
+    train(config(prepared_set, tmp_path / "resumed", max_steps=1, **kw))
+    resumed = train(config(prepared_set, tmp_path / "resumed", max_steps=2, resume="latest", **kw))
+    b = load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_replays_the_run_exactly(prepared_set, tmp_path):
     straight = train(config(prepared_set, tmp_path / "straight"))
     train(config(prepared_set, tmp_path / "resumed", max_steps=2))
@@ -503,9 +522,10 @@ def test_compile_wraps_unet_and_branch_and_changes_nothing_else(prepared_set, tm
         return real_compile(model, backend="eager", **kw)
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    plain = train(config(prepared_set, tmp_path / "plain", max_steps=2, checkpoint_every=1))
+    hands = {"objective": {"lambda_lpips": 0.6, "lambda_hand": 0.2, "timestep_threshold": 1000}}  # L_hand too
+    plain = train(config(prepared_set, tmp_path / "plain", max_steps=2, checkpoint_every=1, **hands))
     fresh_accelerate_state()
-    fast = train(config(prepared_set, tmp_path / "fast", max_steps=2, checkpoint_every=1, compile=True))
+    fast = train(config(prepared_set, tmp_path / "fast", max_steps=2, checkpoint_every=1, compile=True, **hands))
     assert compiled == ["UNet2DConditionModel", "ControlNetModel"]
     a = load_file(plain / "diffusion_pytorch_model.safetensors")
     b = load_file(fast / "diffusion_pytorch_model.safetensors")
@@ -514,14 +534,14 @@ def test_compile_wraps_unet_and_branch_and_changes_nothing_else(prepared_set, tm
     assert not any(k.startswith("_orig_mod") for k in ckpt)
     fresh_accelerate_state()
     resumed = train(
-        config(prepared_set, tmp_path / "fast", max_steps=2, resume=str(checkpoint_dirs(tmp_path / "fast")[0]))
+        config(prepared_set, tmp_path / "fast", max_steps=2, resume=str(checkpoint_dirs(tmp_path / "fast")[0]), **hands)
     )
     c = load_file(resumed / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a)  # a compiled run's checkpoint resumes without compiling
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("term", ["lpips", "face"])
+@pytest.mark.parametrize("term", ["lpips", "face", "hand"])
 def test_bf16_step_sends_each_perceptual_term_into_the_branch(prepared_set, tmp_path, term):
     from humanfix.train import batches, compute_loss, setup, step_generator
 
@@ -633,7 +653,7 @@ def test_a_training_update_never_waits_for_the_gpu(prepared_set, tmp_path, cache
     "error": any .item(), .tolist(), bool() of a device tensor or blocking copy in the hot path raises."""
     from humanfix.train import _apply_update, batches, compute_loss, setup, step_generator
 
-    objective = {"lambda_lpips": 0.5, "lambda_face": 0.3, "timestep_threshold": 1000}  # every sample decoded
+    objective = {"lambda_lpips": 0.5, "lambda_face": 0.3, "lambda_hand": 0.1, "timestep_threshold": 1000}
     run = setup(config(prepared_set, tmp_path / "run", mixed_precision="bf16", cache_latents=cache,
                        objective=objective))  # fmt: skip
     acc = run.accelerator

@@ -39,7 +39,7 @@ def config(data, output, **kw):
 
 @pytest.mark.parametrize(
     "term, extra",
-    [("lpips", {}), ("face", {"gradient_checkpointing": True})],
+    [("lpips", {}), ("face", {"gradient_checkpointing": True}), ("hand", {})],
 )
 def test_each_perceptual_term_alone_reaches_the_lora_and_nothing_else(prepared_set, tmp_path, term, extra):
     """λ = 1 on one term: L_LDM has zero weight; its gradients land on LoRA parameters only."""

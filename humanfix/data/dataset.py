@@ -21,7 +21,7 @@ class PreparedDataset(torch.utils.data.Dataset):
     - ``pixel_values``: 3×H×W float in [-1, 1], the real image at its prepared size (one size for a square set;
       a set prepared with ``--buckets`` has several, and :attr:`sizes` gives each item's);
     - ``mask``: 1×H×W float in {0, 1}, the union person mask;
-    - ``person_boxes``, ``face_boxes``: K×4 float boxes in pixels (x1, y1 exclusive);
+    - ``person_boxes``, ``face_boxes``, ``hand_boxes``: K×4 float boxes in pixels (x1, y1 exclusive);
     - ``conditioning``: 3×H×W float in [0, 1] (blank, pose skeleton or mask, by ``conditioning``);
     - ``captions``: every caption (the training loop draws one); ``coco_id``;
     - ``latent_params``: 2C×h×w, the image's cached VAE posterior, when a :class:`LatentCache` is attached
@@ -79,6 +79,7 @@ class PreparedDataset(torch.utils.data.Dataset):
             "mask": mask_t,
             "person_boxes": torch.tensor(rec.person_boxes, dtype=torch.float32).reshape(-1, 4),
             "face_boxes": torch.tensor(rec.face_boxes, dtype=torch.float32).reshape(-1, 4),
+            "hand_boxes": torch.tensor(rec.hand_boxes, dtype=torch.float32).reshape(-1, 4),
             "conditioning": cond,
             "captions": list(rec.text),
             "coco_id": rec.coco_id,
@@ -105,6 +106,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "conditioning": torch.stack([i["conditioning"] for i in items]),
         "person_boxes": [i["person_boxes"] for i in items],
         "face_boxes": [i["face_boxes"] for i in items],
+        "hand_boxes": [i["hand_boxes"] for i in items],
         "captions": [i["captions"] for i in items],
         "coco_id": [i["coco_id"] for i in items],
     }

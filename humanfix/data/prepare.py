@@ -4,8 +4,8 @@ Per split: read the person annotations and filter them (``coco.select``), attach
 each kept image, in parallel worker processes: read and convert it to RGB, choose its output size and
 window (``geometry.plan``: a square or, with ``--buckets``, the nearest aspect-ratio bucket; the window
 holding the most of the people, or the centre), resize and crop it, its union person mask, person boxes and
-keypoints (``geometry.ResizeCrop``), find and merge the face
-boxes (``faces``), write image, mask and crops, and last a per-image record under ``.records/``.
+keypoints (``geometry.ResizeCrop``), find and merge the face boxes (``faces``) and the hand boxes
+(``hands``), write image, mask and crops, and last a per-image record under ``.records/``.
 ``metadata.jsonl`` is written at the end from those per-image records, sorted by coco_id.
 
 Resumable: an image whose per-image record exists is not processed again, so a rerun ends with the
@@ -35,6 +35,7 @@ from humanfix.config import to_toml_dict
 from humanfix.data import coco
 from humanfix.data.faces import detect_faces, keypoint_face_box, merge_faces
 from humanfix.data.geometry import BUCKET_STEP, CROPS, bucket_sizes, nearest_bucket, plan
+from humanfix.data.hands import HAND_SOURCES, find_hands, load_wholebody
 from humanfix.data.records import FACE_SOURCES, Record, write_atomic, write_records
 from humanfix.errors import UserError
 
@@ -44,6 +45,7 @@ SPLITS = ("train", "val")
 STATE_DIR = ".records"  # per-image records of finished images (what makes a run resumable)
 SETTINGS_FILE = ".prepare-settings.json"
 FACE_CROP_SIZE = 160
+HAND_CROP_SIZE = 64  # the side L_hand resizes hand crops to (see losses/objective.py)
 JPEG_QUALITY = 95
 COVERAGE_BINS = 10
 
@@ -108,6 +110,11 @@ class PrepareConfig:
     save_crops: bool = True
     # "mtcnn" (facenet-pytorch's, on CPU) or "none" (face boxes from keypoints only).
     face_detector: str = "mtcnn"
+    # COCO-WholeBody v1.0 annotation file of the split: its valid hand boxes win over the keypoint ones.
+    wholebody: Path | None = None
+    # Hands whose box is smaller than this many output pixels on its LONG side get no hand box. 32, as for faces:
+    # 4 latent pixels at VAE factor 8; the long side, because L_hand reads the box squared (a hand's box is long).
+    min_hand_size: int = 32
 
     @property
     def out(self) -> Path:
@@ -115,7 +122,7 @@ class PrepareConfig:
         return self.output
 
     def __post_init__(self) -> None:
-        for name in ("coco_root", "keypoints", "captions", "images", "output"):
+        for name in ("coco_root", "keypoints", "captions", "images", "output", "wholebody"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser())
@@ -125,6 +132,8 @@ class PrepareConfig:
             (0.0 <= self.min_person_area <= 1.0, "--min-person-area must lie in [0, 1]"),
             (self.max_persons >= 1, "--max-persons must be at least 1"),
             (self.min_face_size >= 0, "--min-face-size must be at least 0"),
+            (self.min_hand_size >= 0, "--min-hand-size must be at least 0"),
+            (self.wholebody is None or self.split != "all", "--wholebody is one split's file: --split train or val"),
             (16 <= self.resolution <= 4096, "--resolution must lie in [16, 4096]"),
             (self.crop in CROPS, f"--crop must be people or center, not {self.crop!r}"),
             (
@@ -143,8 +152,8 @@ class PrepareConfig:
     def output_settings(self) -> dict[str, Any]:
         """The settings the output depends on: a resumed run must use the same ones."""
         keys = ("min_coverage", "min_person_area", "max_persons", "skip_crowd", "min_face_size", "resolution",
-                "default_caption", "save_crops", "face_detector", "crop", "buckets")  # fmt: skip
-        return {k: getattr(self, k) for k in keys}
+                "default_caption", "save_crops", "face_detector", "crop", "buckets", "min_hand_size")  # fmt: skip
+        return {k: getattr(self, k) for k in keys} | {"wholebody": str(self.wholebody) if self.wholebody else None}
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,7 @@ class Job:
     persons: list[dict[str, Any]]  # counted person annotations
     segmentations: list[Any]  # every non-crowd person's segmentation
     text: list[str]
+    wholebody: tuple[Any, ...] = ()  # per counted person: its COCO-WholeBody hands {side: box} or None
 
 
 @dataclass(frozen=True)
@@ -212,6 +222,7 @@ class WorkerSettings:
     face_detector: str
     crop: str = "people"
     buckets: bool = False
+    min_hand_size: int = 32
 
     def size(self, width: int, height: int) -> tuple[int, int]:
         """The output size of a ``width × height`` source: the square, or the nearest bucket."""
@@ -227,6 +238,7 @@ class Outcome:
     reason: str | None = None  # why it was dropped, when record is None
     small_faces: int = 0  # faces found but below --min-face-size or outside the crop
     kept: dict[str, list[int]] = field(default_factory=dict)  # "keypoints"/"faces": [in the output, of counted]
+    small_hands: int = 0  # hands found but below --min-hand-size or outside the crop
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
@@ -271,19 +283,22 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
     sel = coco.select(coco.load_json(src.keypoints, "person keypoints annotation file"), filters)
     captions = coco.load_captions(src.captions) if src.captions else {}
     dropped: Counter = Counter(sel.dropped)
+    wholebody = load_wholebody(config.wholebody) if config.wholebody else {}
     jobs = []
     for c in sel.candidates:
         text = captions.get(c.image["id"]) or ([config.default_caption] if config.default_caption else [])
         if not text:
             dropped[NO_CAPTION] += 1
             continue
-        jobs.append(Job(c.image, c.persons, c.segmentations, text))
+        wb = tuple(wholebody.get(p.get("id")) for p in c.persons) if wholebody else ()
+        jobs.append(Job(c.image, c.persons, c.segmentations, text, wb))
     not_processed = 0
     if config.limit is not None and len(jobs) > config.limit:
         not_processed, jobs = len(jobs) - config.limit, jobs[: config.limit]
 
     settings = WorkerSettings(src.images, split_dir, config.resolution, config.min_face_size,
-                              config.save_crops, config.face_detector, config.crop, config.buckets)  # fmt: skip
+                              config.save_crops, config.face_detector, config.crop, config.buckets,
+                              config.min_hand_size)  # fmt: skip
     records: list[Record] = []
     kept = {"keypoints": [0, 0], "faces": [0, 0]}  # [inside the output, of the counted persons'] (kept_in_output)
     todo = []
@@ -294,7 +309,7 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
             _add_kept(kept, done[1])
         else:
             todo.append(job)
-    small_faces, done = 0, 0
+    small_faces, small_hands, done = 0, 0, 0
     try:
         for outcome in _run(todo, settings, config.workers, f"{src.split}: {len(todo)} to do, {len(records)} done"):
             done += 1
@@ -304,12 +319,14 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
                 dropped[outcome.reason] += 1
             _add_kept(kept, outcome.kept)  # images dropped as no_person_in_crop lost all of their people
             small_faces += outcome.small_faces
+            small_hands += outcome.small_hands
         write_records(split_dir, records)
     except Exception as e:
         _raise_if_disk_full(e, split_dir, len(records), len(todo) - done)
         raise
 
     faces = Counter(s for r in records for s in r.face_sources)
+    hands = Counter(s for r in records for s in r.hand_sources)
     hist, _ = np.histogram([r.coverage for r in records], bins=COVERAGE_BINS, range=(0.0, 1.0))
     return {
         "seen": sel.seen,
@@ -320,6 +337,8 @@ def _prepare_split(config: PrepareConfig, src: SplitSources, filters: coco.Filte
         "persons": sum(len(r.person_boxes) for r in records),
         "faces": {s: faces.get(s, 0) for s in FACE_SOURCES},
         "faces_below_min_size_this_run": small_faces,
+        "hands": {s: hands.get(s, 0) for s in HAND_SOURCES},
+        "hands_below_min_size_this_run": small_hands,
         "coverage_histogram": {
             "edges": [round(i / COVERAGE_BINS, 2) for i in range(COVERAGE_BINS + 1)],
             "counts": hist.tolist(),
@@ -449,11 +468,13 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
     t = plan(w, h, s.size(w, h), s.crop, all_kps, [_box_xyxy(a) for a in job.persons])
 
     persons = []  # (source box, output box, keypoints 17×3)
-    for a in job.persons:
+    wholebody = []  # per kept person: its WholeBody hands or None
+    for k, a in enumerate(job.persons):
         out_box = t.box(_box_xyxy(a))
         if out_box is not None:
             kps = np.asarray(a.get("keypoints") or [0] * 51, dtype=np.float64).reshape(17, 3)
             persons.append((_box_xyxy(a), out_box, kps))
+            wholebody.append(job.wholebody[k] if job.wholebody else None)
     if not persons:  # nobody in the output: every keypoint and face of theirs lost (faces: from keypoints)
         faces = sum(keypoint_face_box(k, _box_xyxy(a)) is not None for k, a in zip(all_kps, job.persons, strict=True))
         labelled = int(sum((k[:, 2] > 0).sum() for k in all_kps))
@@ -497,6 +518,17 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
         face_boxes.append(fb)
         face_sources.append(face.source)
 
+    # Hands: WholeBody's or from keypoints, in original pixels, mapped by the same box transform as faces.
+    hand_boxes, hand_sides, hand_sources, small_hands = [], [], [], 0
+    for hand in find_hands([(kps, src, wb) for (src, _, kps), wb in zip(persons, wholebody, strict=True)]):
+        hb = t.box(hand.box)
+        if hb is None or max(hb[2] - hb[0], hb[3] - hb[1]) < s.min_hand_size:  # the square L_hand reads
+            small_hands += 1
+            continue
+        hand_boxes.append(hb)
+        hand_sides.append(hand.side)
+        hand_sources.append(hand.source)
+
     keypoints = []
     for _, _, kps in persons:
         xy = t.points(kps[:, :2])
@@ -508,7 +540,7 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
     file_name, mask_name = f"images/{cid}.jpg", f"masks/{cid}.png"
     write_atomic(s.split_dir / file_name, _encode(out_img, "JPEG", quality=JPEG_QUALITY))
     write_atomic(s.split_dir / mask_name, _encode(Image.fromarray(mask, mode="L"), "PNG"))
-    face_files, person_files = [], []
+    face_files, person_files, hand_files = [], [], []
     if s.save_crops:
         for k, fb in enumerate(face_boxes):
             name = f"crops/faces/{cid}_{k}.png"
@@ -519,12 +551,18 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
             name = f"crops/persons/{cid}_{k}.png"
             write_atomic(s.split_dir / name, _encode(out_img.crop(tuple(pb)), "PNG"))
             person_files.append(name)
+        for k, hb in enumerate(hand_boxes):
+            name = f"crops/hands/{cid}_{k}.png"
+            crop = out_img.crop(_square(hb)).resize((HAND_CROP_SIZE, HAND_CROP_SIZE), Image.Resampling.BICUBIC)
+            write_atomic(s.split_dir / name, _encode(crop, "PNG"))
+            hand_files.append(name)
 
     rec = Record(
         file_name=file_name, mask_file_name=mask_name, text=list(job.text),
         person_boxes=[p[1] for p in persons], face_boxes=face_boxes, face_sources=face_sources,
         keypoints=keypoints, coverage=coverage, coco_id=cid, width=t.width, height=t.height,
         face_crop_files=face_files, person_crop_files=person_files, window=t.window,
+        hand_boxes=hand_boxes, hand_sides=hand_sides, hand_sources=hand_sources, hand_crop_files=hand_files,
     )  # fmt: skip
     kept = {
         "keypoints": [sum(1 for person in keypoints for x, y, v in person if v > 0 and 0 <= x < t.width
@@ -533,7 +571,7 @@ def process_image(job: Job, s: WorkerSettings) -> Outcome:
     }  # fmt: skip
     state = {**json.loads(rec.to_json()), "kept": kept}
     write_atomic(s.split_dir / STATE_DIR / f"{cid}.json", (json.dumps(state) + "\n").encode())  # last: "done"
-    return Outcome(cid, rec, small_faces=small, kept=kept)
+    return Outcome(cid, rec, small_faces=small, kept=kept, small_hands=small_hands)
 
 
 def _square(box: list[int]) -> tuple[int, int, int, int]:
@@ -560,6 +598,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     rows += [("not processed (--limit)", *(str(splits[n]["not_processed_limit"]) for n in names))]
     rows += [("persons", *(str(splits[n]["persons"]) for n in names))]
     rows += [(f"faces: {s}", *(str(splits[n]["faces"][s]) for n in names)) for s in FACE_SOURCES]
+    rows += [(f"hands: {s}", *(str(splits[n].get("hands", {}).get(s, 0)) for n in names)) for s in HAND_SOURCES]
     rows += [("coverage histogram (0.1 bins)", *(" ".join(map(str, splits[n]["coverage_histogram"]["counts"]))
                                                  for n in names))]  # fmt: skip
     for key, what in (("keypoints", "keypoints kept in the output"), ("faces", "face boxes kept in the output")):

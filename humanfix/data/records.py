@@ -7,10 +7,12 @@ A prepared split folder looks like::
     OUT/{split}/masks/<coco_id>.png     union person mask, mode L, 0 or 255, same size as the image
     OUT/{split}/crops/faces/<coco_id>_<k>.png    face box k, squared, 160×160 (optional)
     OUT/{split}/crops/persons/<coco_id>_<k>.png  person box k, as boxed (optional)
+    OUT/{split}/crops/hands/<coco_id>_<k>.png    hand box k, squared, 64×64 (optional)
 
 Boxes are ``[x0, y0, x1, y1]`` integers in output pixels with x1, y1 exclusive. Keypoints are the 17
 COCO keypoints per person as ``[x, y, v]`` in output pixels (floats; ``v`` 0 = not labelled,
-1 = labelled but hidden, 2 = visible; a labelled point may lie outside the crop).
+1 = labelled but hidden, 2 = visible; a labelled point may lie outside the crop). Hands are parallel lists
+like faces (up to two per person); records written before hands existed load with none.
 
 Public API: :class:`Record`, :func:`read_records`, :func:`write_records`, :func:`write_atomic`.
 """
@@ -27,6 +29,8 @@ from humanfix.errors import UserError
 
 METADATA = "metadata.jsonl"
 FACE_SOURCES = ("keypoints", "mtcnn", "both")
+HAND_SOURCES = ("keypoints", "wholebody")
+HAND_SIDES = ("left", "right")
 NUM_KEYPOINTS = 17
 
 
@@ -50,6 +54,10 @@ class Record:
     # The output's window in the ORIGINAL image's pixels, [x0, y0, x1, y1] floats (x1, y1 exclusive): what
     # was resized to width × height. None for sets prepared before it was recorded.
     window: list[float] | None = None
+    hand_boxes: list[list[int]] = field(default_factory=list)  # H × [x0, y0, x1, y1], at most two per person
+    hand_sides: list[str] = field(default_factory=list)  # H × "left" | "right" (the person's own side)
+    hand_sources: list[str] = field(default_factory=list)  # H × "keypoints" | "wholebody"
+    hand_crop_files: list[str] = field(default_factory=list)  # H paths (empty when crops are off)
 
     def __post_init__(self) -> None:
         wrong_types = _type_problems(self)
@@ -58,7 +66,7 @@ class Record:
         problems = []
         if not isinstance(self.text, list) or not self.text or not all(isinstance(t, str) for t in self.text):
             problems.append("text must be a non-empty list of strings")
-        for name in ("person_boxes", "face_boxes"):
+        for name in ("person_boxes", "face_boxes", "hand_boxes"):
             boxes = getattr(self, name)
             if not all(len(b) == 4 and b[0] < b[2] and b[1] < b[3] for b in boxes):
                 problems.append(f"{name} must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
@@ -66,6 +74,12 @@ class Record:
                 problems.append(f"{name} must lie inside the {self.width}×{self.height} image")
         if len(self.face_sources) != len(self.face_boxes) or not set(self.face_sources) <= set(FACE_SOURCES):
             problems.append(f"face_sources must give one of {FACE_SOURCES} per face box")
+        if len(self.hand_sources) != len(self.hand_boxes) or not set(self.hand_sources) <= set(HAND_SOURCES):
+            problems.append(f"hand_sources must give one of {HAND_SOURCES} per hand box")
+        if len(self.hand_sides) != len(self.hand_boxes) or not set(self.hand_sides) <= set(HAND_SIDES):
+            problems.append(f"hand_sides must give one of {HAND_SIDES} per hand box")
+        if self.hand_crop_files and len(self.hand_crop_files) != len(self.hand_boxes):
+            problems.append("hand_crop_files must list one file per hand box")
         if len(self.keypoints) != len(self.person_boxes) or any(
             len(k) != NUM_KEYPOINTS or any(len(p) != 3 for p in k) for k in self.keypoints
         ):
@@ -87,7 +101,9 @@ class Record:
 
     def paths(self) -> list[str]:
         """Every file the record names, relative to the split folder."""
-        return [self.file_name, self.mask_file_name, *self.face_crop_files, *self.person_crop_files]
+        return [
+            self.file_name, self.mask_file_name, *self.face_crop_files, *self.person_crop_files, *self.hand_crop_files
+        ]  # fmt: skip
 
     def to_json(self) -> str:
         """One line of JSON (no newline), keys in a fixed order, so equal records give equal bytes."""
@@ -106,6 +122,10 @@ class Record:
                 "height": self.height,
                 "face_crop_files": self.face_crop_files,
                 "person_crop_files": self.person_crop_files,
+                "hand_boxes": self.hand_boxes,
+                "hand_sides": self.hand_sides,
+                "hand_sources": self.hand_sources,
+                "hand_crop_files": self.hand_crop_files,
                 **({"window": self.window} if self.window is not None else {}),
             },
             ensure_ascii=False,
@@ -128,7 +148,10 @@ class Record:
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"missing keys {missing}")
-        optional = ("face_crop_files", "person_crop_files", "window")
+        optional = (
+            "face_crop_files", "person_crop_files", "hand_boxes", "hand_sides", "hand_sources", "hand_crop_files",
+            "window",
+        )  # fmt: skip
         return cls(**{k: d[k] for k in required}, **{k: d[k] for k in optional if k in d})
 
 

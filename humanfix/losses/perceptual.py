@@ -5,7 +5,8 @@ resized to ``crop_size``², and compared with LPIPS-VGG in its spatial form: per
 unit-normalised features, squared difference, the LPIPS linear head w_l, upsampled to the crop.
 The layers are summed with per-layer weights β_l (default 1, LPIPS's own sum), and the map is
 averaged over the person mask inside the box. A sample's value is the mask-area-weighted mean
-over its boxes. Only pixels inside a box are ever read, so pixels outside every box cannot change it.
+over its boxes. The hand term runs the same network on hand crops, with its own crop size and layer
+weights. Only pixels inside a box are ever read, so pixels outside every box cannot change it.
 """
 
 from __future__ import annotations
@@ -132,13 +133,15 @@ class MaskedLPIPS(Fp32Constants):
             start = end
         return out
 
-    def distance_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def distance_map(self, x: torch.Tensor, y: torch.Tensor, layer_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted spatial LPIPS map, N×1×H×W float32, for images N×3×H×W in [-1, 1].
 
         ``y`` is the reference (the real image): its features are computed without a graph, so the backward
         pass runs through VGG for ``x`` alone. VGG runs in the module's dtype; the normalisation, the
-        distances, the heads and the layer weights run in float32 (see :func:`unit_normalize`).
+        distances, the heads and the layer weights run in float32 (see :func:`unit_normalize`). ``layer_weights``
+        (5, float32) replaces the module's β_l.
         """
+        betas = self.layer_weights if layer_weights is None else layer_weights
         n, height, width = x.shape[0], *x.shape[-2:]
         fx = self.layer_features(x)
         with torch.no_grad():
@@ -147,7 +150,7 @@ class MaskedLPIPS(Fp32Constants):
         for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
             diff = (unit_normalize(a) - unit_normalize(b)) ** 2
             layer = F.conv2d(diff, self.lins[k].weight)
-            total = total + self.layer_weights[k] * resize(layer, height, width)
+            total = total + betas[k] * resize(layer, height, width)
         return total
 
     def regions(self, boxes: Boxes, height: int, width: int) -> tuple[list[int], list[IntBox]]:
@@ -185,15 +188,17 @@ class MaskedLPIPS(Fp32Constants):
         owners: list[int],
         used: list[IntBox],
         crop_size: int | None = None,
+        layer_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sample masked LPIPS (N float32, 0 for samples owning no box) over the integer boxes ``used`` of
-        samples ``owners`` (from :meth:`regions`). All boxes go through VGG as one batch."""
+        samples ``owners`` (from :meth:`regions`). All boxes go through VGG as one batch. ``layer_weights``
+        (5, float32, on the device) replaces the module's β_l (the hand term's own)."""
         n = decoded.shape[0]
         if not owners:
             return decoded.new_zeros(n, dtype=torch.float32)
         size = crop_size or self.crop_size
         dec, tgt, msk = (crop(t.float(), owners, used, size) for t in (decoded, target, masks))
-        dmap = self.distance_map(dec, tgt)  # float32 crops: normalised in float32, then cast for VGG
+        dmap = self.distance_map(dec, tgt, layer_weights)  # float32 crops: normalised in float32, then cast for VGG
         mask_area = msk.sum(dim=(1, 2, 3))
         # A box whose mask is empty is averaged uniformly rather than dropped.
         weight_map = torch.where(mask_area[:, None, None, None] > 0, msk, torch.ones_like(msk))

@@ -271,3 +271,43 @@ def test_crop_and_buckets_are_part_of_the_resume_contract(make_coco, tmp_path):
     first = json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]["val"]
     again = prepare(config(kp, cp, images, tmp_path / "out", resolution=64, buckets=True))["splits"]["val"]
     assert again["reused"] == 1 and again["kept_in_output"] == first["kept_in_output"]
+
+
+def test_hand_boxes_from_keypoints_and_wholebody(make_coco, tmp_path):
+    """Person 1 gets arms; a WholeBody file gives person 1's right hand and person 2's left; summary counts them."""
+    kp, cp, images = make_coco([(100, 100, [(10, 10, 50, 95), (55, 10, 95, 95)])])
+    data = json.loads(kp.read_text())
+    k = np.asarray(data["annotations"][0]["keypoints"], dtype=float).reshape(17, 3)
+    k[7], k[9] = [20, 40, 2], [20, 60, 2]  # left elbow, wrist: forearm 20 px pointing down
+    k[8], k[10] = [40, 40, 2], [40, 60, 2]
+    data["annotations"][0]["keypoints"] = k.ravel().tolist()
+    kp.write_text(json.dumps(data))
+    out = tmp_path / "kp"
+    summary = prepare(config(kp, cp, images, out, min_hand_size=4))
+    (r,) = read_records(out / "val")
+    assert r.hand_sides == ["left", "right"] and r.hand_sources == ["keypoints"] * 2
+    assert summary["splits"]["val"]["hands"] == {"keypoints": 2, "wholebody": 0}
+    # 100² -> 64²: ×0.64; left hand centre (20, 60 + 0.34 × 20) -> (12.8, 42.75), side 0.88 × 20 × 0.64 = 11.3
+    x0, y0, x1, y1 = r.hand_boxes[0]
+    assert (x0, x1) == (7, 19) and (y0, y1) == (37, 49)
+    assert [Image.open(out / "val" / f).size for f in r.hand_crop_files] == [(64, 64)] * 2
+    assert r.hand_crop_files[0] == "crops/hands/1_0.png"
+
+    given = (("right", [30, 70, 10, 10]), ("left", [60, 50, 20, 25]))
+    for a, (side, box) in zip(data["annotations"], given, strict=True):
+        a.update({f"{side}hand_box": box, f"{side}hand_valid": True})
+    wb = tmp_path / "wholebody.json"
+    wb.write_text(json.dumps(data))
+    out = tmp_path / "wb"
+    summary = prepare(config(kp, cp, images, out, min_hand_size=4, wholebody=wb))
+    (r,) = read_records(out / "val")
+    assert list(zip(r.hand_sides, r.hand_sources, strict=True)) == [
+        ("left", "keypoints"), ("right", "wholebody"), ("left", "wholebody")
+    ]  # fmt: skip
+    assert r.hand_boxes[1] == [19, 44, 26, 52] and r.hand_boxes[2] == [38, 32, 52, 48]  # ×0.64, rounded outwards
+    assert summary["splits"]["val"]["hands"] == {"keypoints": 1, "wholebody": 2}
+    # --min-hand-size applies to the long side: at 14 px the 12-px keypoint hand and the 8-px WholeBody one go,
+    # the 14 × 16 one stays.
+    summary = prepare(config(kp, cp, images, tmp_path / "big", min_hand_size=14, wholebody=wb))
+    (r,) = read_records(tmp_path / "big" / "val")
+    assert r.hand_sources == ["wholebody"] and summary["splits"]["val"]["hands_below_min_size_this_run"] == 2

@@ -92,3 +92,30 @@ def test_write_atomic_leaves_no_temporary_and_keeps_old_file_on_failure(tmp_path
         write_atomic(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_hand_fields_round_trip_and_old_records_load_without_them():
+    r = rec(hand_boxes=[[5, 6, 40, 41]], hand_sides=["right"], hand_sources=["wholebody"],
+            hand_crop_files=["crops/hands/785_0.png"])  # fmt: skip
+    assert Record.from_json(r.to_json()) == r and "crops/hands/785_0.png" in r.paths()
+    old = json.loads(rec().to_json())
+    for key in ("hand_boxes", "hand_sides", "hand_sources", "hand_crop_files"):
+        del old[key]
+    loaded = Record.from_json(json.dumps(old))
+    assert loaded.hand_boxes == [] and loaded.hand_sides == [] and loaded.hand_sources == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"hand_boxes": [[5, 6, 40, 41]], "hand_sides": ["left"], "hand_sources": ["guess"]},
+        {"hand_boxes": [[5, 6, 40, 41]], "hand_sides": ["middle"], "hand_sources": ["keypoints"]},
+        {"hand_boxes": [[5, 6, 40, 41]], "hand_sides": [], "hand_sources": ["keypoints"]},
+        {"hand_boxes": [[5, 6, 5, 41]], "hand_sides": ["left"], "hand_sources": ["keypoints"]},
+        {"hand_boxes": [[5, 6, 40, 41]], "hand_sides": ["left"], "hand_sources": ["keypoints"],
+         "hand_crop_files": ["../x.png"]},
+    ],
+)  # fmt: skip
+def test_invalid_hand_fields_are_refused(bad):
+    with pytest.raises(ValueError):
+        rec(**bad)
