@@ -86,7 +86,9 @@ def test_a_two_bucket_set_trains_checkpoints_and_resumes_exactly(
     a = load_file(straight / "diffusion_pytorch_model.safetensors")
     b = load_file(resumed / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [p.name for p in checkpoint_dirs(tmp_path / "resumed")] == ["step-00000001", "step-00000002"]
+    # step 1 (the first run), 2 (every 2) and 3 (the end: a finished run can be extended)
+    steps = ["step-00000001", "step-00000002", "step-00000003"]
+    assert [p.name for p in checkpoint_dirs(tmp_path / "resumed")] == steps
 
 
 def test_lora_and_validation_at_the_most_common_bucket(bucketed_set, tmp_path, shapes):
