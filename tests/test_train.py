@@ -85,7 +85,8 @@ def test_hand_term_alone_moves_the_zero_convolutions_is_logged_and_resumes_exact
     against 1 step then a resume."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    kw = dict(objective={"lambda_hand": 1.0, "timestep_threshold": 1000}, cache_latents=True, checkpoint_every=1)
+    kw = dict(objective={"lambda_lpips": 0.0, "lambda_face": 0.0, "lambda_hand": 1.0, "timestep_threshold": 1000},
+              cache_latents=True, checkpoint_every=1)  # fmt: skip
     straight = train(config(prepared_set, tmp_path / "straight", max_steps=2, log_with="tensorboard", **kw))
     a = load_file(straight / "diffusion_pytorch_model.safetensors")
     assert sum(v.abs().sum().item() for v in zero_convs(a).values()) > 0
@@ -522,7 +523,7 @@ def test_compile_wraps_unet_and_branch_and_changes_nothing_else(prepared_set, tm
         return real_compile(model, backend="eager", **kw)
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    hands = {"objective": {"lambda_lpips": 0.6, "lambda_hand": 0.2, "timestep_threshold": 1000}}  # L_hand too
+    hands = {"objective": {"lambda_lpips": 0.6, "lambda_face": 0.0, "lambda_hand": 0.2, "timestep_threshold": 1000}}
     plain = train(config(prepared_set, tmp_path / "plain", max_steps=2, checkpoint_every=1, **hands))
     fresh_accelerate_state()
     fast = train(config(prepared_set, tmp_path / "fast", max_steps=2, checkpoint_every=1, compile=True, **hands))

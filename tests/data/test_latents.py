@@ -89,8 +89,9 @@ def test_images_of_several_sizes_each_keep_their_shape(prepared_set, vae):
     for k, (h, w) in [(1, (32, 48)), (2, (48, 32))]:
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(split / records[k].file_name)
         records[k] = dataclasses.replace(
-            records[k], height=h, width=w, person_boxes=[], face_boxes=[], face_sources=[], keypoints=[]
-        )
+            records[k], height=h, width=w, person_boxes=[], face_boxes=[], face_sources=[], keypoints=[],
+            hand_boxes=[], hand_sides=[], hand_sources=[],
+        )  # fmt: skip
     write_records(split, records)
 
     def image(i):
