@@ -36,12 +36,14 @@ def write_set(split: Path, n: int, resolution: int) -> Path:
     from humanfix.data.records import Record, write_records
 
     (split / "images").mkdir(parents=True)
+    (split / "masks").mkdir()
     rng = np.random.default_rng(0)
     records = []
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)).save(
             split / f"images/{i}.jpg"
         )
+        Image.new("L", (resolution, resolution)).save(split / f"masks/{i}.png")  # the dataset checks every file
         records.append(
             Record(
                 file_name=f"images/{i}.jpg",
@@ -102,7 +104,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="humanfix-latent-bench-"))
     split = write_set(tmp / "data" / "train", args.images, args.resolution)
 
-    ds = PreparedDataset(split)  # only its image() is used: no masks needed
+    ds = PreparedDataset(split)  # only its image() is used
     sizes = [(r.height, r.width) for r in ds.records]
     ways = {"before": {"batch_size": 1, "workers": 0}, "after": {"workers": args.workers}}
     result: dict[str, list[float]] = {way: [] for way in ways}
