@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from humanfix.errors import UserError
+from humanfix.evaluate.pose import Verdict  # one score and its checks per hand, as per skeleton
 
 # MediaPipe's landmark order.
 LANDMARKS = ("wrist", "thumb_cmc", "thumb_mcp", "thumb_ip", "thumb_tip", "index_mcp", "index_pip", "index_dip",
@@ -126,19 +127,6 @@ def check_names() -> tuple[str, ...]:
 
 
 CHECKS = check_names()
-
-
-@dataclass
-class Verdict:
-    """One hand's score and, per check that could be evaluated, its ratio (<= 1 holds)."""
-
-    score: float  # in [0, 1]; NaN when too few landmarks
-    ratios: dict[str, float]
-
-    @property
-    def failed(self) -> list[str]:
-        """The checks beyond their limit, worst first."""
-        return [name for name, r in sorted(self.ratios.items(), key=lambda kv: -kv[1]) if r > 1]
 
 
 def hand_plausibility(landmarks: np.ndarray | Sequence) -> np.ndarray:
