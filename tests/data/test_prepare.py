@@ -230,7 +230,7 @@ def test_the_people_crop_keeps_the_people_the_centre_crop_cuts(make_coco, tmp_pa
         assert summary["splits"]["val"]["buckets"] == {"64x64": 3 if crop == "people" else 1}
     # The wide one: resized 128×64; its person's keypoints (x 25..36 in the source) lie left of the centre
     # window (x 50..150): the people window is the least move from the centre that holds them all.
-    assert 1 not in recs["center"] and recs["people"][1].window == [25.0, 0.0, 125.0, 100.0]
+    assert recs["center"].get(1) is None and recs["people"][1].window == [25.0, 0.0, 125.0, 100.0]
     # The tall one: resized 64×141; the centre window (y 60..160) keeps too little of the person (y 140..220).
     assert 2 not in recs["center"] and recs["people"][2].window == [0.0, 88.94, 100.0, 188.79]
     assert recs["center"][3].window == recs["people"][3].window == [0.0, 0.0, 100.0, 100.0]
