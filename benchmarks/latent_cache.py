@@ -64,17 +64,10 @@ def write_set(split: Path, n: int, resolution: int) -> Path:
 
 
 def sd15_vae():
-    from diffusers import AutoencoderKL
+    from step_cost import sd15_vae as vae  # SD 1.5's VAE architecture, random weights (benchmarks/ is on the path)
 
     torch.manual_seed(0)
-    return AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
+    return vae()
 
 
 def main() -> None:

@@ -118,17 +118,11 @@ def write_scene(folder: Path, resolution: int, persons: int, faces: int, hands: 
     return folder
 
 
-def sd15_components(dtype: torch.dtype):
-    """SD 1.5's architecture from its configs, random weights; the tokenizer is the tiny model's (ids < 49408)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def sd15_vae():
+    """SD 1.5's VAE architecture from its config, random weights."""
+    from diffusers import AutoencoderKL
 
-    from humanfix.models.pipeline import SDComponents
-    from humanfix.models.tiny import ensure_tiny_model
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=(128, 256, 512, 512),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
@@ -136,6 +130,19 @@ def sd15_components(dtype: torch.dtype):
         latent_channels=4,
         sample_size=512,
     )
+
+
+def sd15_components(dtype: torch.dtype):
+    """SD 1.5's architecture from its configs, random weights; the tokenizer is the tiny model's (ids < 49408)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from humanfix.models.pipeline import SDComponents
+    from humanfix.models.tiny import ensure_tiny_model
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+    vae = sd15_vae()
     text = CLIPTextModel(
         CLIPTextConfig(
             hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768
