@@ -28,6 +28,7 @@ is JSON, with ``plain_img_per_s``, ``perceptual_img_per_s``, ``diffusers_img_per
     python benchmarks/step_cost.py --measure-decode        # the decode alone, humanfix vs diffusers' vae.decode
     python benchmarks/step_cost.py --adapter lora --modes plain,perceptual,adapters  # a UNet LoRA vs the branch
     python benchmarks/step_cost.py --hands 2 --modes hand --resolution 256  # with L_hand (λ3) vs without, alternating
+    python benchmarks/step_cost.py --hands 2 --measure-hand-term --steps 20  # L_hand's crops + VGG alone
 
 A LoRA on the UNet (rank ``--lora-rank``, attention targets) in place of the branch, same scene: its step skips
 the branch's forward and backward. ``--adapter lora`` runs the plain and perceptual modes with the LoRA too, each
@@ -465,6 +466,50 @@ def decode_cost(args: argparse.Namespace) -> dict:
     return {**best, "humanfix_vs_diffusers": best["humanfix_decode"] / best["diffusers_decode"], "times": times}
 
 
+def hand_term_cost(args: argparse.Namespace) -> dict:
+    """What the hand term adds to a step, alone: the scene's ``--hands`` hand crops (squared, as the objective
+    reads them) cropped from a decoded image that needs a gradient, LPIPS-VGG (SD-free, random VGG: the same
+    FLOPs) forward on both crops and backward to the image; beside it the person term on the scene's person box
+    at its crop size. Median of ``--steps`` repetitions after ``--warmup``, each term alternating."""
+    import statistics
+
+    from humanfix.losses.crops import read_boxes
+    from humanfix.losses.objective import HAND_CROP_SIZE
+    from humanfix.losses.perceptual import MaskedLPIPS
+
+    res = args.resolution
+    lpips = MaskedLPIPS(pretrained=False)
+    person_boxes, _ = scene_boxes(res, args.persons, args.faces)
+    hands = scene_hands(res, person_boxes[0], args.hands)
+    g = torch.Generator().manual_seed(0)
+    real, decoded = (torch.rand(1, 3, res, res, generator=g) * 2 - 1 for _ in range(2))
+    mask = torch.zeros(1, 1, res, res)
+    for x0, y0, x1, y1 in person_boxes:
+        mask[..., y0:y1, x0:x1] = 1
+    person_size = min(224, max(64, res // 2))  # the objective's person crop size for a square image
+    terms = {
+        "person_term": (*read_boxes([torch.tensor(person_boxes, dtype=torch.float32)], res, res), person_size),
+        "hand_term": (*read_boxes([torch.tensor(hands, dtype=torch.float32)], res, res, square=True), HAND_CROP_SIZE),
+    }
+    times: dict[str, list[float]] = {name: [] for name in terms}
+    for _ in range(args.warmup + args.steps):
+        for name, (owners, used, size) in terms.items():
+            x = decoded.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            lpips.compare(x, real, mask, owners, used, size).sum().backward()
+            times[name].append(time.perf_counter() - t0)
+    median = {name: statistics.median(values[args.warmup :]) for name, values in times.items()}
+    return {
+        "resolution": res,
+        "hands": args.hands,
+        "hand_crop_size": HAND_CROP_SIZE,
+        "person_crop_size": person_size,
+        "person_term_s": median["person_term"],
+        "hand_term_s": median["hand_term"],
+        "times": times,
+    }
+
+
 def measure_region_error(args: argparse.Namespace) -> dict:
     """Decode random latents fully and through the box window at several margins; error inside the person box."""
     from humanfix.losses.decode import decode_for_loss
@@ -537,6 +582,7 @@ def main() -> None:
     ap.add_argument("--decoder-checkpointing", default="none", choices=["none", "top", "all"])
     ap.add_argument("--measure-region-error", action="store_true")
     ap.add_argument("--measure-decode", action="store_true", help="the decode alone: humanfix vs diffusers' decode")
+    ap.add_argument("--measure-hand-term", action="store_true", help="L_hand's crops through LPIPS-VGG alone")
     ap.add_argument("--margins", type=int, nargs="+", default=[0, 2, 4, 8, 16])
     ap.add_argument("--adapter", default="controlnet", choices=["controlnet", "lora"], help="lora: compare with a LoRA")
     ap.add_argument("--lora-rank", type=int, default=32)
@@ -560,6 +606,9 @@ def main() -> None:
         return
     if args.measure_decode:
         print(json.dumps(decode_cost(args)))
+        return
+    if args.measure_hand_term:
+        print(json.dumps(hand_term_cost(args)))
         return
     if args.mode:  # a worker process
         print(json.dumps(worker(args)))
@@ -617,6 +666,9 @@ def main() -> None:
             no_hand_s=r["perceptual_no_hand_step"]["step_s"],
             hand_s=r["perceptual_step"]["step_s"],
             hand_vs_no_hand_interleaved=r["perceptual_step"]["step_s"] / r["perceptual_no_hand_step"]["step_s"],
+            hand_vs_no_hand_rounds=[
+                a / b for a, b in zip(r["perceptual_step"]["times"], r["perceptual_no_hand_step"]["times"], strict=True)
+            ],
         )
     if "interleaved" in results:
         r = results["interleaved"]
