@@ -474,7 +474,7 @@ def hand_term_cost(args: argparse.Namespace) -> dict:
     import statistics
 
     from humanfix.losses.crops import read_boxes
-    from humanfix.losses.objective import HAND_CROP_SIZE
+    from humanfix.losses.objective import HAND_CROP_SIZE, person_crop_size
     from humanfix.losses.perceptual import MaskedLPIPS
 
     res = args.resolution
@@ -486,7 +486,7 @@ def hand_term_cost(args: argparse.Namespace) -> dict:
     mask = torch.zeros(1, 1, res, res)
     for x0, y0, x1, y1 in person_boxes:
         mask[..., y0:y1, x0:x1] = 1
-    person_size = min(224, max(64, res // 2))  # the objective's person crop size for a square image
+    person_size = person_crop_size(res, res)
     terms = {
         "person_term": (*read_boxes([torch.tensor(person_boxes, dtype=torch.float32)], res, res), person_size),
         "hand_term": (*read_boxes([torch.tensor(hands, dtype=torch.float32)], res, res, square=True), HAND_CROP_SIZE),

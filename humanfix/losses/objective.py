@@ -38,6 +38,12 @@ from humanfix.losses.x0 import PREDICTION_TYPES, predict_x0
 HAND_CROP_SIZE = 64
 
 
+def person_crop_size(height: int, width: int) -> int:
+    """The side person crops are resized to by default: half the side of the square of the image's area (one size
+    for every bucket of a set), within 64–224."""
+    return min(224, max(64, math.isqrt(height * width) // 2))
+
+
 @dataclass
 class ObjectiveConfig:
     """The objective's settings; every field is a ``humanfix train`` option of the same name."""
@@ -267,9 +273,7 @@ class MaskAwareObjective(Fp32Constants):
             for name, (owners, boxes) in reads.items():
                 rows = [slot[o] for o in owners]
                 if name == "lpips":
-                    # Half the side of the square of the image's area: one size for every bucket of a set.
-                    side = math.isqrt(decoded.shape[-2] * decoded.shape[-1])
-                    size = cfg.lpips_crop_size or min(224, max(64, side // 2))
+                    size = cfg.lpips_crop_size or person_crop_size(*decoded.shape[-2:])
                     value = self.lpips.compare(decoded, real, masks.index_select(0, idx), rows, boxes, size)
                 elif name == "hand":
                     value = self.lpips.compare(
